@@ -1,0 +1,4 @@
+from pacs_node.cli import main
+import sys
+
+sys.exit(main())
