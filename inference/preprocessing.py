@@ -37,6 +37,7 @@ __all__ = [
     "place_grid",
     "normalise",
     "to_source_grid",
+    "resample_to_geometry",
 ]
 
 #: HU below which a voxel inside the body counts as air (lung or airway).
@@ -263,26 +264,25 @@ def prepare_input(volume: np.ndarray, geometry: Geometry, manifest: Manifest) ->
     return ModelInput(tensor=tensor, hu=hu, geometry=model_geometry)
 
 
-def _weights_to(
-    model_geometry: Geometry, source_geometry: Geometry
-) -> list[np.ndarray]:
+def _weights_to(input_geometry: Geometry, output_geometry: Geometry) -> list[np.ndarray]:
+    """Per-axis weights that sample ``input_geometry`` at ``output_geometry``."""
     if not (
-        np.allclose(model_geometry.slice_direction, source_geometry.slice_direction, atol=1e-4)
-        and np.allclose(model_geometry.column_direction, source_geometry.column_direction, atol=1e-4)
-        and np.allclose(model_geometry.row_direction, source_geometry.row_direction, atol=1e-4)
+        np.allclose(input_geometry.slice_direction, output_geometry.slice_direction, atol=1e-4)
+        and np.allclose(input_geometry.column_direction, output_geometry.column_direction, atol=1e-4)
+        and np.allclose(input_geometry.row_direction, output_geometry.row_direction, atol=1e-4)
     ):
         raise ValueError("The model grid and the source volume should have the same axes.")
-    delta = np.asarray(source_geometry.origin) - np.asarray(model_geometry.origin)
+    delta = np.asarray(output_geometry.origin) - np.asarray(input_geometry.origin)
     weights = []
-    for n_model, n_source, s_model, s_source, direction in zip(
-        model_geometry.shape,
-        source_geometry.shape,
-        model_geometry.spacing,
-        source_geometry.spacing,
-        _axis_vectors(source_geometry),
+    for n_in, n_out, s_in, s_out, direction in zip(
+        input_geometry.shape,
+        output_geometry.shape,
+        input_geometry.spacing,
+        output_geometry.spacing,
+        _axis_vectors(output_geometry),
     ):
-        offset = float(np.dot(delta, direction)) / s_model
-        weights.append(axis_weights(n_model, n_source, s_source / s_model, offset))
+        offset = float(np.dot(delta, direction)) / s_in
+        weights.append(axis_weights(n_in, n_out, s_out / s_in, offset))
     return weights
 
 
@@ -339,4 +339,51 @@ def to_source_grid(
             out[start:stop] = block >= threshold
         else:
             out[start:stop] = block
+    return out
+
+
+def resample_to_geometry(
+    volume: np.ndarray,
+    source_geometry: Geometry,
+    target_geometry: Geometry,
+    fill: float = 0.0,
+    clip: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Resample a source array onto any grid that shares its axes.
+
+    Used to bring training targets (lesion masks as ``float``) onto the
+    model grid that :func:`prepare_input` chose for the image.
+
+    Parameters
+    ----------
+    volume: numpy.ndarray
+        ``[k, i, j]`` array with ``source_geometry.shape``.
+    source_geometry: Geometry
+        Its geometry.
+    target_geometry: Geometry
+        The grid to sample (same directions as the source).
+    fill: float, optional
+        Value of target voxels outside the source volume.
+    clip: tuple[float, float] | None, optional
+        Clip source values before resampling.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float32`` array with ``target_geometry.shape``.
+    """
+    if tuple(volume.shape) != source_geometry.shape:
+        raise ValueError(
+            f'Argument "volume" has shape {volume.shape}, the geometry says '
+            f"{source_geometry.shape}."
+        )
+    w_k, w_i, w_j = _weights_to(source_geometry, target_geometry)
+    out = resample_separable(volume, w_k, w_i, w_j, clip=clip)
+    if fill != 0.0:
+        inside = (
+            (w_k.sum(axis=1) > 0)[:, None, None]
+            & (w_i.sum(axis=1) > 0)[None, :, None]
+            & (w_j.sum(axis=1) > 0)[None, None, :]
+        )
+        out[~inside] = fill
     return out

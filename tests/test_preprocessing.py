@@ -13,6 +13,7 @@ from inference.preprocessing import (
     normalise,
     place_grid,
     prepare_input,
+    resample_to_geometry,
     resample_to_spacing,
     to_source_grid,
 )
@@ -159,3 +160,16 @@ def test_normalise_uses_manifest_window() -> None:
     assert np.allclose(out, [-1.0, -1.0, 0.0, 1.0, 1.0])
     bad = dataclasses.replace(manifest.intensity, scale_hu=406.0)
     assert normalise(np.array([600.0]), bad)[0] == pytest.approx(2.0)
+
+
+def test_resample_to_geometry_matches_prepare_input() -> None:
+    geometry = Geometry(shape=(40, 80, 80), spacing=(2.0, 1.2, 1.2), origin=(-40, -50, 0))
+    sphere = _sphere(geometry, geometry.center, 20.0)
+    volume = np.where(sphere, 0, -900).astype(np.int16)
+    manifest = make_manifest(shape=(16, 32, 32), spacing=(5.0, 3.0, 3.0))
+    prepared = prepare_input(volume, geometry, manifest)
+    mask = resample_to_geometry(sphere.astype(np.float32), geometry, prepared.geometry)
+    model_sphere = prepared.hu > -450
+    assert _dice(mask > 0.5, model_sphere) > 0.95
+    filled = resample_to_geometry(volume, geometry, prepared.geometry, fill=-1024.0)
+    assert np.allclose(filled, prepared.hu, atol=1e-3)
