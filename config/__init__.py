@@ -1,6 +1,46 @@
-"""deepsc-node config package."""
+"""deepsc-node config: one typed, validated, frozen settings object.
+
+Sources, lowest precedence first: defaults < TOML file < ``DEEPSC_*``
+environment < command line. :func:`load_settings` is the only place in the
+project that reads ``os.environ``.
+"""
+
 import logging
+
+from config.errors import ConfigError, SettingsError, SettingsProblem
+from config.formatting import format_settings
+from config.loading import env_variable, known_keys, load_settings
+from config.settings import (
+    DEFAULT_PROVIDERS,
+    DEFAULT_UID_ROOT,
+    RESULT_OBJECT_KINDS,
+    AssociationTimeouts,
+    CallingAE,
+    Destination,
+    RetryPolicy,
+    SelectionRules,
+    Settings,
+    bundled_model_dir,
+)
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__: list[str] = []
+__all__ = [
+    "AssociationTimeouts",
+    "CallingAE",
+    "ConfigError",
+    "DEFAULT_PROVIDERS",
+    "DEFAULT_UID_ROOT",
+    "Destination",
+    "RESULT_OBJECT_KINDS",
+    "RetryPolicy",
+    "SelectionRules",
+    "Settings",
+    "SettingsError",
+    "SettingsProblem",
+    "bundled_model_dir",
+    "env_variable",
+    "format_settings",
+    "known_keys",
+    "load_settings",
+]

@@ -21,6 +21,7 @@ __all__ = ["main", "build_parser"]
 COMMAND_MODULES: tuple[str, ...] = (
     "pacs_node.commands",
     "inference.cli",
+    "config.cli",
 )
 
 DESCRIPTION = """\
