@@ -169,11 +169,16 @@ class CodeSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], prefix: str) -> CodeSpec:
         """Validate and build from JSON; errors name ``prefix``."""
-        return cls(
-            value=_str(data, "value", prefix),
-            scheme=_str(data, "scheme", prefix),
-            meaning=_str(data, "meaning", prefix),
-        )
+        value = _str(data, "value", prefix)
+        if len(value) > 16:
+            raise ManifestError(f"{prefix}value", "should be at most 16 characters (VR SH)")
+        meaning = _str(data, "meaning", prefix)
+        if len(meaning) > 64:
+            raise ManifestError(f"{prefix}meaning", "should be at most 64 characters (VR LO)")
+        scheme = _str(data, "scheme", prefix)
+        if len(scheme) > 16:
+            raise ManifestError(f"{prefix}scheme", "should be at most 16 characters (VR SH)")
+        return cls(value=value, scheme=scheme, meaning=meaning)
 
 
 @dataclass(frozen=True)
@@ -329,7 +334,7 @@ class Manifest:
             raise ManifestError("grid.placement", f"should be one of {_PLACEMENTS}")
         fill = _number(grid_data, "fill_hu", "grid.") if "fill_hu" in grid_data else -1024.0
         grid = GridSpec(
-            shape=grid_shape,  # type: ignore[arg-type]
+            shape=grid_shape,
             spacing_mm=_numbers(grid_data, "spacing_mm", "grid.", 3, positive=True),  # type: ignore[arg-type]
             placement=placement,
             fill_hu=fill,

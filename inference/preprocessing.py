@@ -119,7 +119,7 @@ def resample_to_spacing(
     new_geometry = Geometry(
         shape=tuple(shape),  # type: ignore[arg-type]
         spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
-        origin=tuple(origin),  # type: ignore[arg-type]
+        origin=tuple(origin),
         row_direction=geometry.row_direction,
         column_direction=geometry.column_direction,
         slice_direction=geometry.slice_direction,
@@ -214,7 +214,7 @@ def place_grid(
     model_geometry = Geometry(
         shape=grid.shape,
         spacing=geometry.spacing,
-        origin=tuple(origin),  # type: ignore[arg-type]
+        origin=tuple(origin),
         row_direction=geometry.row_direction,
         column_direction=geometry.column_direction,
         slice_direction=geometry.slice_direction,
@@ -266,10 +266,9 @@ def prepare_input(volume: np.ndarray, geometry: Geometry, manifest: Manifest) ->
 
 def _weights_to(input_geometry: Geometry, output_geometry: Geometry) -> list[np.ndarray]:
     """Per-axis weights that sample ``input_geometry`` at ``output_geometry``."""
-    if not (
-        np.allclose(input_geometry.slice_direction, output_geometry.slice_direction, atol=1e-4)
-        and np.allclose(input_geometry.column_direction, output_geometry.column_direction, atol=1e-4)
-        and np.allclose(input_geometry.row_direction, output_geometry.row_direction, atol=1e-4)
+    if not all(
+        np.allclose(a, b, atol=1e-4)
+        for a, b in zip(_axis_vectors(input_geometry), _axis_vectors(output_geometry))
     ):
         raise ValueError("The model grid and the source volume should have the same axes.")
     delta = np.asarray(output_geometry.origin) - np.asarray(input_geometry.origin)

@@ -4,29 +4,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from inference.codes import DEFAULT_CLASSES, DEFAULT_SEGMENTS
 from inference.manifest import RESEARCH_USE_STATEMENT, Manifest
 
-CLASSES = [
-    {
-        "key": "covid19",
-        "display": "COVID-19 pattern",
-        "code": {
-            "value": "840539006",
-            "scheme": "SCT",
-            "meaning": "Disease caused by severe acute respiratory syndrome coronavirus 2",
-        },
-    },
-    {
-        "key": "cap",
-        "display": "Community-acquired pneumonia pattern",
-        "code": {"value": "385093006", "scheme": "SCT", "meaning": "Community acquired pneumonia"},
-    },
-    {
-        "key": "no_pneumonia",
-        "display": "No pneumonia",
-        "code": {"value": "233604007", "scheme": "SCT", "meaning": "Pneumonia"},
-    },
-]
+CLASSES = [dict(c) for c in DEFAULT_CLASSES]
+SEGMENTS = [dict(s) for s in DEFAULT_SEGMENTS]
 
 
 def manifest_dict(
@@ -57,15 +39,7 @@ def manifest_dict(
         "outputs": outputs,
         "lesion_threshold": 0.5,
         "classes": CLASSES,
-        "segments": [
-            {"label": "Lesion", "source": "lesion_probability",
-             "category": {"value": "49755003", "scheme": "SCT",
-                          "meaning": "Morphologically Abnormal Structure"},
-             "type": {"value": "52988006", "scheme": "SCT", "meaning": "Lesion"}},
-            {"label": "Lung", "source": "hu_lung_extraction",
-             "category": {"value": "123037004", "scheme": "SCT", "meaning": "Anatomical Structure"},
-             "type": {"value": "39607008", "scheme": "SCT", "meaning": "Lung"}},
-        ],
+        "segments": SEGMENTS,
         "training": {"data": "none: test fixture"},
         "intended_use": RESEARCH_USE_STATEMENT,
     })

@@ -61,3 +61,16 @@ def test_load_reports_missing_and_bad_json(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps([1, 2]))
     with pytest.raises(ManifestError):
         Manifest.load(tmp_path)
+
+
+def test_code_lengths_follow_their_vr() -> None:
+    data = manifest_dict()
+    data["classes"][0]["code"]["meaning"] = "x" * 65
+    with pytest.raises(ManifestError) as info:
+        Manifest.from_dict(data)
+    assert info.value.field == "classes[0].code.meaning"
+    data = manifest_dict()
+    data["segments"][1]["type"]["value"] = "1" * 17
+    with pytest.raises(ManifestError) as info:
+        Manifest.from_dict(data)
+    assert info.value.field == "segments[1].type.value"
