@@ -53,8 +53,9 @@ SR_SERIES_DESCRIPTION = "AI report (research)"
 MANUFACTURER = "deepsc-node"
 #: Manufacturer's Model Name (0008,1090) and device observer name.
 DEVICE_NAME = "deepsc-node"
-#: Largest accepted distance between a dataset's ImagePositionPatient and the
-#: position of its slice in the result geometry.
+#: Smallest tolerance (mm) between a dataset's ImagePositionPatient and the
+#: position of its slice in the result geometry (the tolerance used is
+#: ``max(POSITION_TOLERANCE_MM, 2 % of the slice spacing)``).
 POSITION_TOLERANCE_MM = 0.01
 #: Largest accepted ``|sum(probabilities) - 1|``.
 PROBABILITY_TOLERANCE = 1e-3
@@ -263,11 +264,15 @@ def check_source_datasets(source_datasets: Sequence[Dataset], geometry: Geometry
     expected = geometry.index_to_patient(indices)
     distances = np.linalg.norm(positions - expected, axis=1)
     worst = int(np.argmax(distances))
-    if distances[worst] > POSITION_TOLERANCE_MM:
+    # The volume builder fits a regular stack to positions that may deviate
+    # by up to 1 % of the slice spacing; anything near half a slice is an
+    # ordering error.
+    tolerance = max(POSITION_TOLERANCE_MM, 0.02 * geometry.spacing[0])
+    if distances[worst] > tolerance:
         raise ValueError(
             f'Argument "source_datasets": ImagePositionPatient of item {worst} (SOP Instance '
             f"UID {source_datasets[worst].SOPInstanceUID}) is {distances[worst]:.3f} mm from "
-            f"slice {worst} of the result geometry (tolerance {POSITION_TOLERANCE_MM} mm); "
+            f"slice {worst} of the result geometry (tolerance {tolerance:.3f} mm); "
             "the datasets must be in the volume's slice order."
         )
     LOGGER.debug(

@@ -111,7 +111,8 @@ def _by_geometry(seg: Dataset, labels: dict[int, str], geometry: Geometry) -> di
     offsets = geometry.index_to_patient(
         np.column_stack([slices, np.zeros(n_frames), np.zeros(n_frames)])
     ) - positions
-    bad = (np.linalg.norm(offsets, axis=1) > _POSITION_TOLERANCE_MM) | (slices < 0) | (
+    tolerance = max(_POSITION_TOLERANCE_MM, 0.02 * geometry.spacing[0])
+    bad = (np.linalg.norm(offsets, axis=1) > tolerance) | (slices < 0) | (
         slices >= n_slices
     )
     if np.any(bad):
