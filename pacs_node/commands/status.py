@@ -1,0 +1,230 @@
+"""``deepsc-node status``: jobs and exports as the database sees them.
+
+Read-only; safe while the node runs (SQLite in WAL mode lets readers work
+beside the writer). Needs only the database settings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from config.cli import add_settings_arguments, settings_from_args
+from config.errors import SettingsError
+
+LOGGER = logging.getLogger(__name__)
+
+__all__ = ["collect_status", "format_status", "register", "status"]
+
+EPILOG = """\
+examples:
+  deepsc-node status --config /etc/deepsc-node.toml
+  deepsc-node status --data-dir /var/lib/deepsc --json | jq .jobs
+  deepsc-node status --limit 50
+
+Shows the number of jobs per state (received, complete, queued, running,
+written, exported, rejected, failed), the most recently changed jobs with
+their series UID, state, reason and times, and the exports still pending
+(destination, attempts, next attempt, last error). Exit status 0, or 1 when
+the database cannot be read.
+"""
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="seconds")
+
+
+def collect_status(database_url: str, limit: int = 20) -> dict[str, Any]:
+    """Read the status of a node's database as plain data.
+
+    Parameters
+    ----------
+    database_url: str
+        SQLAlchemy URL (``Settings.database_url``).
+    limit: int
+        Recent jobs to list.
+
+    Returns
+    -------
+    dict[str, Any]
+        ``database`` (URL without password), ``jobs`` ({state: count}),
+        ``exports`` ({status: count}), ``recent_jobs`` (list of dicts) and
+        ``pending_exports`` (list of dicts). No PHI.
+
+    Raises
+    ------
+    FileNotFoundError
+        If an SQLite database file does not exist (the node never ran).
+    sqlalchemy.exc.SQLAlchemyError
+        If the database cannot be read.
+    """
+    from sqlalchemy.engine import make_url
+
+    from storage import (
+        ExportStatus,
+        create_database_engine,
+        due_exports,
+        exports_for_job,
+        make_session_factory,
+        status_overview,
+    )
+
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        if not Path(url.database).is_file():
+            raise FileNotFoundError(f"no database at {url.database} (has the node run here?)")
+    engine = create_database_engine(url)
+    try:
+        factory = make_session_factory(engine)
+        with factory() as session:
+            overview = status_overview(session, limit=limit)
+            far_future = datetime.now(timezone.utc) + timedelta(days=36500)
+            job_ids = sorted({item.job_id for item in due_exports(session, far_future, 1000)})
+            pending = [
+                record
+                for job_id in job_ids
+                for record in exports_for_job(session, job_id)
+                if record.status is ExportStatus.PENDING
+            ]
+    finally:
+        engine.dispose()
+    return {
+        "database": url.render_as_string(hide_password=True),
+        "jobs": {state.value: count for state, count in overview.job_counts.items()},
+        "exports": {status.value: count for status, count in overview.export_counts.items()},
+        "recent_jobs": [
+            {
+                "id": job.id,
+                "series_instance_uid": job.series_instance_uid,
+                "study_instance_uid": job.study_instance_uid,
+                "state": job.state.value,
+                "reason": job.reason,
+                "created_at": _time(job.created_at),
+                "updated_at": _time(job.updated_at),
+                "queued_at": _time(job.queued_at),
+                "started_at": _time(job.started_at),
+                "finished_at": _time(job.finished_at),
+                "run_count": job.run_count,
+            }
+            for job in overview.recent_jobs
+        ],
+        "pending_exports": [
+            {
+                "job_id": record.job_id,
+                "export_id": record.id,
+                "destination": record.destination,
+                "attempt_count": record.attempt_count,
+                "next_attempt_at": _time(record.next_attempt_at),
+                "last_error": record.last_error,
+            }
+            for record in pending
+        ],
+    }
+
+
+def format_status(data: dict[str, Any]) -> str:
+    """Human-readable form of :func:`collect_status`'s data.
+
+    Parameters
+    ----------
+    data: dict[str, Any]
+        From :func:`collect_status`.
+
+    Returns
+    -------
+    str
+        Several lines, ending with a newline.
+    """
+    lines = [f"database: {data['database']}"]
+    lines.append("jobs: " + ", ".join(f"{state} {count}" for state, count in data["jobs"].items()))
+    lines.append(
+        "exports: " + ", ".join(f"{status} {count}" for status, count in data["exports"].items())
+    )
+    lines.append("")
+    if data["recent_jobs"]:
+        lines.append("recent jobs (most recently changed first):")
+        lines.append(f"  {'JOB':>5}  {'STATE':<9} {'UPDATED':<25} SERIES / REASON")
+        for job in data["recent_jobs"]:
+            lines.append(
+                f"  {job['id']:>5}  {job['state']:<9} {job['updated_at'] or '':<25} "
+                f"{job['series_instance_uid']}"
+            )
+            if job["reason"]:
+                lines.append(f"  {'':>5}  {'':<9} {'':<25} {job['reason']}")
+    else:
+        lines.append("no jobs yet")
+    if data["pending_exports"]:
+        lines.append("")
+        lines.append("pending exports:")
+        for item in data["pending_exports"]:
+            lines.append(
+                f"  job {item['job_id']} export {item['export_id']} to {item['destination']}: "
+                f"{item['attempt_count']} attempt(s), next at {item['next_attempt_at']}"
+                + (f", last error: {item['last_error']}" if item["last_error"] else "")
+            )
+    return "\n".join(lines) + "\n"
+
+
+def status(args: argparse.Namespace) -> int:
+    """Print the node's status (the ``status`` command).
+
+    Parameters
+    ----------
+    args: argparse.Namespace
+        Parsed command line (settings flags, ``json``, ``limit``).
+
+    Returns
+    -------
+    int
+        0, 1 when the database cannot be read, 2 for invalid settings.
+    """
+    try:
+        settings = settings_from_args(args)
+    except SettingsError as exc:
+        print(f"deepsc-node status: invalid settings\n{exc}", file=sys.stderr)
+        return 2
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        data = collect_status(settings.database_url, limit=args.limit)
+    except FileNotFoundError as exc:
+        print(f"deepsc-node status: {exc}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        print(
+            f"deepsc-node status: cannot read the database: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        sys.stdout.write(format_status(data))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``status`` command to the ``deepsc-node`` parser.
+
+    Parameters
+    ----------
+    subparsers: argparse._SubParsersAction
+        From ``ArgumentParser.add_subparsers()``.
+    """
+    parser = subparsers.add_parser(
+        "status",
+        help="show jobs per state, recent jobs and pending exports",
+        description="Read the node's database and show what it is doing.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument(
+        "--limit", type=int, default=20, metavar="N", help="recent jobs to list (default 20)"
+    )
+    add_settings_arguments(parser)
+    parser.set_defaults(func=status)

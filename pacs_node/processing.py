@@ -1,0 +1,298 @@
+"""One series through the model: files -> volume -> model -> SEG + SR.
+
+Shared by the node's workers (:mod:`pacs_node.worker`) and the offline
+``deepsc-node process`` command. No database and no networking here: the
+caller decides where the files come from and where the objects go.
+
+Steps of :meth:`SeriesProcessor.process_files`
+    1. read the files (:func:`inference.volume.read_series`);
+    2. keep the usable images (:func:`pacs_node.selection.usable_images`:
+       CT Image Storage, Image Type not excluded);
+    3. build the HU volume (:func:`inference.volume.build_volume`, which
+       refuses irregular stacks, mixed orientations, undecodable pixels...
+       with a :class:`~inference.errors.VolumeError` whose message is the
+       job's rejection reason);
+    4. run the model (:class:`inference.pipeline.InferencePipeline`; the
+       ONNX Runtime session is loaded once and shared: ``run()`` is
+       thread-safe);
+    5. encode the DICOM-SEG and the TID 1500 SR
+       (:func:`pacs_node.results.encode_results`, which checks every source
+       image's position against the result geometry: never a result on a
+       wrong geometry).
+"""
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from config import DEFAULT_PROVIDERS, SelectionRules, Settings
+from inference.errors import VolumeError
+from inference.manifest import Manifest
+from inference.pipeline import InferencePipeline
+from inference.result import InferenceResult
+from inference.volume import build_volume, read_series
+from pacs_node.results import ResultObjects, encode_results
+from pacs_node.selection import usable_images
+
+LOGGER = logging.getLogger(__name__)
+
+__all__ = ["ProcessedSeries", "SeriesProcessor", "dataset_bytes"]
+
+#: Result object kinds in the order they are written, recorded and sent
+#: (the SR references the SEG).
+OBJECT_KINDS: tuple[str, ...] = ("seg", "sr")
+
+
+def dataset_bytes(dataset: Dataset) -> bytes:
+    """A dataset encoded as a DICOM Part 10 file (preamble, file meta, data set).
+
+    Parameters
+    ----------
+    dataset: pydicom.Dataset
+        With ``file_meta`` (highdicom objects have it).
+
+    Returns
+    -------
+    bytes
+        The file content.
+    """
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class ProcessedSeries:
+    """What processing one series produced.
+
+    Parameters
+    ----------
+    series_instance_uid: str
+        The source series.
+    image_count: int
+        Images in the volume.
+    result: inference.result.InferenceResult
+        The model's outcome on the source grid.
+    objects: pacs_node.results.ResultObjects
+        The SEG and the SR.
+    intended_use: str
+        The model's intended-use statement ("Research use only, not for
+        diagnosis ...").
+    """
+
+    series_instance_uid: str
+    image_count: int
+    result: InferenceResult
+    objects: ResultObjects
+    intended_use: str
+
+    def datasets(self) -> list[tuple[str, Dataset]]:
+        """``[("seg", seg), ("sr", sr)]``: kinds and objects, in sending order."""
+        return list(zip(OBJECT_KINDS, self.objects.datasets))
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-serialisable summary: ``InferenceResult.to_dict()`` plus object UIDs.
+
+        Returns
+        -------
+        dict[str, Any]
+            Class probabilities, lesion measurements, geometry and timings
+            (no PHI), ``source_series_instance_uid``, ``image_count``,
+            ``intended_use`` and ``objects``: ``{kind: {sop_class_uid,
+            sop_instance_uid, series_instance_uid, study_instance_uid}}``.
+        """
+        data = self.result.to_dict()
+        data["source_series_instance_uid"] = self.series_instance_uid
+        data["image_count"] = self.image_count
+        data["intended_use"] = self.intended_use
+        data["objects"] = {
+            kind: {
+                "sop_class_uid": str(ds.SOPClassUID),
+                "sop_instance_uid": str(ds.SOPInstanceUID),
+                "series_instance_uid": str(ds.SeriesInstanceUID),
+                "study_instance_uid": str(ds.StudyInstanceUID),
+            }
+            for kind, ds in self.datasets()
+        }
+        return data
+
+
+class SeriesProcessor:
+    """Turns the files of one CT series into a result and its DICOM objects.
+
+    Parameters
+    ----------
+    pipeline: inference.pipeline.InferencePipeline
+        The loaded model (one per node, shared by the workers).
+    uid_root: str
+        Root of every UID the node generates (``Settings.uid_root``).
+    series_number_base: int
+        Series Number base: SEG gets base + 1, SR base + 2
+        (``Settings.result_series_number_base``).
+    rules: config.SelectionRules
+        For the Image Type exclusions of :func:`usable_images`.
+
+    Raises
+    ------
+    TypeError
+        If `pipeline` or `rules` has the wrong type.
+    ValueError
+        If `uid_root` is empty or `series_number_base` is not positive.
+    """
+
+    def __init__(
+        self,
+        pipeline: InferencePipeline,
+        *,
+        uid_root: str,
+        series_number_base: int,
+        rules: SelectionRules,
+    ) -> None:
+        if not isinstance(pipeline, InferencePipeline):
+            raise TypeError(
+                f'Argument "pipeline" should be an InferencePipeline, got {type(pipeline).__name__}'
+            )
+        if not isinstance(rules, SelectionRules):
+            raise TypeError(
+                f'Argument "rules" should be SelectionRules, got {type(rules).__name__}'
+            )
+        if not isinstance(uid_root, str) or not uid_root:
+            raise ValueError('Argument "uid_root" should be a non-empty UID root')
+        if isinstance(series_number_base, bool) or not isinstance(series_number_base, int):
+            raise TypeError('Argument "series_number_base" should be an int')
+        if series_number_base < 1:
+            raise ValueError(
+                f'Argument "series_number_base" should be >= 1, got {series_number_base}'
+            )
+        self.pipeline = pipeline
+        self.uid_root = uid_root
+        self.series_number_base = series_number_base
+        self.rules = rules
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, intra_op_threads: int | None = None
+    ) -> SeriesProcessor:
+        """Load ``settings.model_dir`` once and build the processor.
+
+        Parameters
+        ----------
+        settings: config.Settings
+            Model directory, providers, UID root, series number base, rules.
+        intra_op_threads: int | None
+            ONNX Runtime threads per operator (``None``: one per core).
+
+        Returns
+        -------
+        SeriesProcessor
+
+        Raises
+        ------
+        inference.errors.ModelLoadError
+            If the model directory or a file in it is missing or unreadable.
+        inference.errors.ManifestError
+            If the manifest is invalid or disagrees with the graph (its
+            ``field`` names the manifest field).
+        """
+        # The default provider list is not an explicit request: let the session
+        # log a CPU fallback at INFO rather than WARNING.
+        explicit = settings.providers != DEFAULT_PROVIDERS
+        pipeline = InferencePipeline.from_model_dir(
+            settings.model_dir,
+            providers=settings.providers if explicit else None,
+            intra_op_threads=intra_op_threads,
+        )
+        return cls(
+            pipeline,
+            uid_root=settings.uid_root,
+            series_number_base=settings.result_series_number_base,
+            rules=settings.selection,
+        )
+
+    @property
+    def manifest(self) -> Manifest:
+        """The model's manifest."""
+        return self.pipeline.manifest
+
+    def process_files(self, paths: Iterable[str | Path]) -> ProcessedSeries:
+        """Read the files of one series and process them (see the module docstring).
+
+        Parameters
+        ----------
+        paths: Iterable[str | pathlib.Path]
+            The series' files.
+
+        Returns
+        -------
+        ProcessedSeries
+
+        Raises
+        ------
+        inference.errors.VolumeError
+            If a file cannot be read or the images are not a volume the
+            model may see; the message is the rejection reason.
+        inference.errors.InferenceError
+            If the model's outputs break the contract.
+        ValueError
+            If the result objects cannot be encoded on the source images
+            (e.g. a position mismatch).
+        """
+        return self.process_datasets(read_series(list(paths)))
+
+    def process_datasets(self, datasets: Sequence[Dataset]) -> ProcessedSeries:
+        """Process the datasets (with pixel data) of one series.
+
+        Parameters
+        ----------
+        datasets: Sequence[pydicom.Dataset]
+            Every instance of the series, in any order.
+
+        Returns
+        -------
+        ProcessedSeries
+
+        Raises
+        ------
+        inference.errors.VolumeError, inference.errors.InferenceError, ValueError
+            As :meth:`process_files`.
+        """
+        images = usable_images(datasets, self.rules)
+        if not images:
+            raise VolumeError(
+                f"none of the {len(datasets)} instances is a usable CT image "
+                "(CT Image Storage, Image Type not excluded)"
+            )
+        volume = build_volume(images)
+        result = self.pipeline.run_volume(volume)
+        objects = encode_results(
+            volume.datasets,
+            result,
+            self.manifest,
+            uid_root=self.uid_root,
+            seg_series_number=self.series_number_base + 1,
+            sr_series_number=self.series_number_base + 2,
+        )
+        LOGGER.info(
+            "series %s: %d images -> %s (p=%.3f), %d lesion(s); SEG %s, SR %s",
+            volume.series_instance_uid,
+            len(volume.datasets),
+            result.predicted_class,
+            max(result.class_probabilities),
+            len(result.analysis.lesions),
+            objects.seg.SOPInstanceUID,
+            objects.sr.SOPInstanceUID,
+        )
+        return ProcessedSeries(
+            series_instance_uid=volume.series_instance_uid,
+            image_count=len(volume.datasets),
+            result=result,
+            objects=objects,
+            intended_use=self.manifest.intended_use,
+        )

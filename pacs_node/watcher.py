@@ -1,0 +1,202 @@
+"""Series completion and selection: ``received -> complete -> queued | rejected``.
+
+DICOM has no "end of series" message, so a series counts as complete when no
+instance of it arrived for ``Settings.quiet_time`` seconds (a quiet timer per
+series, kept in the database as the series' ``last_received_at``). The
+:class:`SeriesWatcher` thread polls :func:`storage.due_jobs` every
+``min(0.5, quiet_time / 4)`` seconds (at least 0.1 s) and, for each due job:
+
+1. moves it ``received -> complete`` (one short transaction for all due jobs;
+   reason "quiet for N s, M instances");
+2. reads the headers of the series' stored files (no pixel data) and applies
+   the selection rules (:func:`pacs_node.selection.select_series`, with the
+   database's own-output check for loop prevention);
+3. moves it ``complete -> queued`` or ``complete -> rejected`` with the
+   selection's reason, e.g. "CT axial 30 slices 8.0 mm" or
+   "3 slices < minimum 20".
+
+Late instances
+    An instance that arrives while the job is ``complete`` or ``queued``
+    sends it back to ``received`` (its quiet timer restarts; step 3 then
+    finds the job no longer ``complete`` and leaves it). An instance that
+    arrives after processing started creates a new job for the series; the
+    earlier job's results stay (see :mod:`storage.repository`).
+Restart
+    Jobs found ``complete`` at start-up (the node stopped between steps 1
+    and 3) are evaluated again by :meth:`SeriesWatcher.evaluate`.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from config import SelectionRules
+from inference.errors import VolumeError
+from pacs_node.loops import PollingLoop, poll_interval_for
+from pacs_node.receiver import utc_now
+from pacs_node.selection import Selection, read_headers, select_series
+from storage import (
+    IllegalTransitionError,
+    InstanceStore,
+    JobRecord,
+    JobState,
+    due_jobs,
+    get_job,
+    get_series,
+    is_own_output,
+    series_instances,
+    transition_job,
+)
+
+LOGGER = logging.getLogger(__name__)
+
+__all__ = ["SeriesWatcher"]
+
+
+class SeriesWatcher(PollingLoop):
+    """Completes quiet series and applies the selection rules (a polling thread).
+
+    Parameters
+    ----------
+    session_factory: sqlalchemy.orm.sessionmaker
+        Sessions of the node's engine.
+    store: storage.InstanceStore
+        Where the series' files are.
+    quiet_time: float
+        Seconds without a new instance after which a series is complete.
+    rules: config.SelectionRules
+        The selection rules.
+    uid_root: str
+        The node's UID root (own output).
+    clock: Callable[[], datetime]
+        Current time (timezone-aware); default UTC now.
+    on_queued: Callable[[], None] | None
+        Called when at least one job was queued (e.g. to wake the workers).
+    interval: float | None
+        Poll period; default :func:`pacs_node.loops.poll_interval_for`.
+
+    Raises
+    ------
+    ValueError
+        If `quiet_time` is not positive.
+    """
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        store: InstanceStore,
+        *,
+        quiet_time: float,
+        rules: SelectionRules,
+        uid_root: str,
+        clock: Callable[[], datetime] = utc_now,
+        on_queued: Callable[[], None] | None = None,
+        interval: float | None = None,
+    ) -> None:
+        if not isinstance(quiet_time, (int, float)) or not quiet_time > 0:
+            raise ValueError(f'Argument "quiet_time" should be > 0 seconds, got {quiet_time!r}')
+        super().__init__(
+            "deepsc-watcher", interval if interval is not None else poll_interval_for(quiet_time)
+        )
+        self.session_factory = session_factory
+        self.store = store
+        self.quiet_time = float(quiet_time)
+        self.rules = rules
+        self.uid_root = uid_root
+        self.clock = clock
+        self.on_queued = on_queued
+
+    def poll_once(self) -> int:
+        """Complete every due series and decide on it.
+
+        Returns
+        -------
+        int
+            Jobs moved to ``complete`` in this poll.
+        """
+        with self.session_factory.begin() as session:
+            now = self.clock()
+            completed = []
+            for job in due_jobs(session, now, self.quiet_time):
+                count = get_series(session, job.series_instance_uid).instance_count
+                try:
+                    completed.append(
+                        transition_job(
+                            session,
+                            job.id,
+                            JobState.COMPLETE,
+                            f"quiet for {self.quiet_time:g} s, {count} instance(s)",
+                            now=now,
+                            expected_state=JobState.RECEIVED,
+                        )
+                    )
+                except IllegalTransitionError:
+                    LOGGER.debug("job %d changed state while completing; skipped", job.id)
+        queued = 0
+        for job in completed:
+            LOGGER.info("job %d (series %s): complete", job.id, job.series_instance_uid)
+            decided = self.evaluate(job.id)
+            if decided is not None and decided.state is JobState.QUEUED:
+                queued += 1
+        if queued and self.on_queued is not None:
+            self.on_queued()
+        return len(completed)
+
+    def evaluate(self, job_id: int) -> JobRecord | None:
+        """Apply the selection rules to a ``complete`` job: ``queued`` or ``rejected``.
+
+        Parameters
+        ----------
+        job_id: int
+            The job.
+
+        Returns
+        -------
+        storage.JobRecord | None
+            The job after the decision, or ``None`` when it was no longer
+            ``complete`` (a new instance arrived meanwhile: it is back in
+            ``received`` and will be decided after its next quiet time).
+        """
+        with self.session_factory() as session:
+            job = get_job(session, job_id)
+            if job.state is not JobState.COMPLETE:
+                return None
+            instances = series_instances(session, job.series_instance_uid)
+            own = is_own_output(session, series_instance_uid=job.series_instance_uid)
+        selection = self._select([self.store.root / item.file_path for item in instances], own)
+        try:
+            with self.session_factory.begin() as session:
+                decided = transition_job(
+                    session,
+                    job_id,
+                    selection.state,
+                    selection.reason,
+                    now=self.clock(),
+                    expected_state=JobState.COMPLETE,
+                )
+        except IllegalTransitionError:
+            LOGGER.info(
+                "job %d (series %s): new instances arrived during selection; waiting again",
+                job_id,
+                job.series_instance_uid,
+            )
+            return None
+        LOGGER.info(
+            "job %d (series %s): %s: %s",
+            decided.id,
+            decided.series_instance_uid,
+            decided.state.value,
+            selection.reason,
+        )
+        return decided
+
+    def _select(self, paths: list[Path], own_output: bool) -> Selection:
+        try:
+            headers = read_headers(paths)
+        except VolumeError as exc:
+            return Selection(False, str(exc))
+        return select_series(headers, self.rules, uid_root=self.uid_root, own_output=own_output)
