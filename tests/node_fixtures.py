@@ -18,7 +18,6 @@ import contextlib
 import copy
 import dataclasses
 import io
-import json
 import subprocess
 import tempfile
 import time
@@ -215,18 +214,8 @@ def tilt(datasets: Sequence[Dataset], degrees: float, start: int) -> list[Datase
 
 
 def tiny_model(folder: Path) -> Path:
-    """A tiny ONNX model directory (band graph, 16x32x32 grid) in ``folder/model``.
-
-    The class code meanings of ``tests.manifest_fixtures`` are cut to 64
-    characters (DICOM LO), which the SR encoder requires.
-    """
-    directory = band_model_dir(folder / "model", shape=(16, 32, 32), spacing=(10.0, 12.0, 12.0))
-    path = directory / "manifest.json"
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    for item in manifest["classes"]:
-        item["code"]["meaning"] = item["code"]["meaning"][:64]
-    path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    return directory
+    """A tiny ONNX model directory (band graph, 16x32x32 grid) in ``folder/model``."""
+    return band_model_dir(folder / "model", shape=(16, 32, 32), spacing=(10.0, 12.0, 12.0))
 
 
 def node_settings(
