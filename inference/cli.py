@@ -14,7 +14,7 @@ __all__ = ["register"]
 COMMAND_MODULES: tuple[str, ...] = ("inference.phantom.commands", "inference.commands")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the model commands to ``subparsers``."""
     for name in COMMAND_MODULES:
         try:

@@ -400,6 +400,12 @@ def stop_scp(server: ThreadedAssociationServer, *, timeout: float = 10.0) -> int
         raise ValueError(f'Argument "timeout" should be >= 0, got {timeout}')
     host, port = server.server_address[:2]
     server.shutdown()
+    # A connection that never sent an A-ASSOCIATE-RQ (a port probe, a health
+    # check) carries no work: drop it at once instead of waiting for its
+    # ACSE timeout.
+    for assoc in server.active_associations:
+        if not (assoc.is_established or assoc.is_released or assoc.is_aborted):
+            assoc.abort()
     deadline = time.monotonic() + timeout
     while server.active_associations and time.monotonic() < deadline:
         time.sleep(0.05)

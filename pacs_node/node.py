@@ -46,6 +46,7 @@ from config import Settings
 from inference.errors import ManifestError, ModelLoadError
 from inference.manifest import Manifest
 from pacs_node.ae import ae_from_settings, start_scp, stop_scp
+from pacs_node.errors import NodeError, NodeStartError
 from pacs_node.exporter import Exporter
 from pacs_node.processing import SeriesProcessor
 from pacs_node.receiver import StorageReceiver, utc_now
@@ -75,18 +76,6 @@ BUSY_STATES: tuple[JobState, ...] = (
     JobState.QUEUED,
     JobState.RUNNING,
 )
-
-
-class NodeError(Exception):
-    """Base class of the node's orchestration errors."""
-
-
-class NodeStartError(NodeError):
-    """The node cannot start (bad model, database unreachable, port in use...).
-
-    The message says what and where, e.g. ``cannot load the model in
-    /opt/model: manifest field "input.shape": ...``.
-    """
 
 
 class Node:

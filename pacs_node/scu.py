@@ -48,6 +48,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from config import AssociationTimeouts, Destination
 from config.validators import to_ae_title, to_port
 from pacs_node.ae import handle_connection_open
+from pacs_node.errors import AssociationFailedError
 from pacs_node.status import category, describe
 
 LOGGER = logging.getLogger(__name__)
@@ -74,13 +75,6 @@ _CONTEXT_RESULT_TEXT = {
     0x03: "abstract syntax not supported",
     0x04: "transfer syntaxes not supported",
 }
-
-
-class AssociationFailedError(ConnectionError):
-    """No association with a peer: connection refused or timed out, rejected, aborted.
-
-    The message says which, with the peer's AE title, host and port.
-    """
 
 
 def parse_destination(text: str, *, name: str | None = None) -> Destination:

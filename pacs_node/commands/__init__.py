@@ -20,7 +20,7 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add every node command to ``subparsers``."""
     for name in COMMANDS:
         try:
