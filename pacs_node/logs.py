@@ -20,7 +20,7 @@ import logging
 import sys
 from typing import TextIO
 
-__all__ = ["LOG_FORMAT", "WarningRedactor", "setup_logging"]
+__all__ = ["LOG_FORMAT", "LibraryMessageRedactor", "WarningRedactor", "setup_logging"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -63,6 +63,21 @@ class WarningRedactor(logging.Filter):
         return True
 
 
+class LibraryMessageRedactor(logging.Filter):
+    """Withhold the text of pydicom's own log lines (they may quote values).
+
+    pydicom logs invalid element values verbatim (a malformed Patient's Name,
+    a bad UID in a command set). Attached to the ``pydicom`` logger by
+    :func:`setup_logging` unless the level is DEBUG.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite `record` in place; always keep it."""
+        record.msg = "%s message withheld (it may quote patient data; use DEBUG to see it)"
+        record.args = (record.name,)
+        return True
+
+
 def setup_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
     """Send log lines of every logger to `stream` with :data:`LOG_FORMAT`.
 
@@ -102,6 +117,11 @@ def setup_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
     for existing in list(warnings_logger.filters):
         if isinstance(existing, WarningRedactor):
             warnings_logger.removeFilter(existing)
+    pydicom_logger = logging.getLogger("pydicom")
+    for existing in list(pydicom_logger.filters):
+        if isinstance(existing, LibraryMessageRedactor):
+            pydicom_logger.removeFilter(existing)
     if numeric > logging.DEBUG:
         warnings_logger.addFilter(WarningRedactor())
+        pydicom_logger.addFilter(LibraryMessageRedactor())
     LOGGER.debug("logging at %s", name)

@@ -189,6 +189,7 @@ def test_logging_format_and_warnings_without_patient_data() -> None:
     saved = (root.level, list(root.handlers))
     quiet = {name: logging.getLogger(name).level for name in ("pynetdicom", "alembic", "highdicom")}
     warnings_filters = list(logging.getLogger("py.warnings").filters)
+    pydicom_filters = list(logging.getLogger("pydicom").filters)
     stream = io.StringIO()
     try:
         setup_logging("INFO", stream)
@@ -197,11 +198,14 @@ def test_logging_format_and_warnings_without_patient_data() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.warn("Invalid value for VR PN: 'DOE^JOHN'", UserWarning)
+        logging.getLogger("pydicom").warning("Invalid value for VR PN: 'DOE^JANE'")
         lines = stream.getvalue().splitlines()
-        assert len(lines) == 2
+        assert len(lines) == 3
         assert lines[0].endswith(" INFO pacs_node.test: job 7 (series 1.2.3): queued")
         assert "DOE^JOHN" not in stream.getvalue()
+        assert "DOE^JANE" not in stream.getvalue()
         assert "UserWarning" in lines[1] and "withheld" in lines[1]
+        assert "pydicom" in lines[2] and "withheld" in lines[2]
         setup_logging("DEBUG", stream)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
@@ -218,3 +222,4 @@ def test_logging_format_and_warnings_without_patient_data() -> None:
         for name, level in quiet.items():
             logging.getLogger(name).setLevel(level)
         logging.getLogger("py.warnings").filters[:] = warnings_filters
+        logging.getLogger("pydicom").filters[:] = pydicom_filters
