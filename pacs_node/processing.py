@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,10 @@ class ProcessedSeries:
     intended_use: str
         The model's intended-use statement ("Research use only, not for
         diagnosis ...").
+    stage_seconds: dict[str, float]
+        Seconds spent reading the files (``read``), building the volume
+        (``volume``) and encoding SEG and SR (``encode``); the model stages
+        are in ``result.timings``.
     """
 
     series_instance_uid: str
@@ -92,6 +97,7 @@ class ProcessedSeries:
     result: InferenceResult
     objects: ResultObjects
     intended_use: str
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def datasets(self) -> list[tuple[str, Dataset]]:
         """``[("seg", seg), ("sr", sr)]``: kinds and objects, in sending order."""
@@ -109,6 +115,10 @@ class ProcessedSeries:
             sop_instance_uid, series_instance_uid, study_instance_uid}}``.
         """
         data = self.result.to_dict()
+        data["timings_s"] = {
+            **{k: round(v, 4) for k, v in self.stage_seconds.items()},
+            **data["timings_s"],
+        }
         data["source_series_instance_uid"] = self.series_instance_uid
         data["image_count"] = self.image_count
         data["intended_use"] = self.intended_use
@@ -244,15 +254,21 @@ class SeriesProcessor:
             If the result objects cannot be encoded on the source images
             (e.g. a position mismatch).
         """
-        return self.process_datasets(read_series(list(paths)))
+        started = time.perf_counter()
+        datasets = read_series(list(paths))
+        return self.process_datasets(datasets, read_seconds=time.perf_counter() - started)
 
-    def process_datasets(self, datasets: Sequence[Dataset]) -> ProcessedSeries:
+    def process_datasets(
+        self, datasets: Sequence[Dataset], read_seconds: float = 0.0
+    ) -> ProcessedSeries:
         """Process the datasets (with pixel data) of one series.
 
         Parameters
         ----------
         datasets: Sequence[pydicom.Dataset]
             Every instance of the series, in any order.
+        read_seconds: float
+            Time it took to read them (reported in the stage timings).
 
         Returns
         -------
@@ -269,8 +285,11 @@ class SeriesProcessor:
                 f"none of the {len(datasets)} instances is a usable CT image "
                 "(CT Image Storage, Image Type not excluded)"
             )
+        started = time.perf_counter()
         volume = build_volume(images)
+        volume_seconds = time.perf_counter() - started
         result = self.pipeline.run_volume(volume)
+        started = time.perf_counter()
         objects = encode_results(
             volume.datasets,
             result,
@@ -279,6 +298,7 @@ class SeriesProcessor:
             seg_series_number=self.series_number_base + 1,
             sr_series_number=self.series_number_base + 2,
         )
+        encode_seconds = time.perf_counter() - started
         LOGGER.info(
             "series %s: %d images -> %s (p=%.3f), %d lesion(s); SEG %s, SR %s",
             volume.series_instance_uid,
@@ -295,4 +315,7 @@ class SeriesProcessor:
             result=result,
             objects=objects,
             intended_use=self.manifest.intended_use,
+            stage_seconds={
+                "read": read_seconds, "volume": volume_seconds, "encode": encode_seconds
+            },
         )
