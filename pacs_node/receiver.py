@@ -14,15 +14,16 @@ header parsing beyond what the handler did, no selection, no inference.
 
 Outcomes
     ``stored``: a new instance (the series' job is created or its quiet timer
-    restarts). ``duplicate``: same SOP Instance UID and the same bytes (same
-    SHA-256 of the file) as recorded: Success, nothing changes (logged at
-    INFO with the UID). ``replaced``: same SOP Instance UID, other bytes: the
-    new file replaces the old one and the series goes back to ``received``,
-    or gets a new job if its job already started (the repository decides;
-    see :mod:`storage.repository`). A re-send of the same data set by
-    another peer or in another transfer syntax has other bytes (the file
-    meta names the sending AE and the transfer syntax) and counts as
-    replaced: the series is processed again, which is safe.
+    restarts). ``duplicate``: same SOP Instance UID and the same data set
+    bytes (SHA-256 of the encoded data set, the file meta excluded) as
+    recorded: Success, nothing changes (logged at INFO with the UID). So a
+    PACS that sends a study again, or another peer that sends the same
+    study, starts no second job. ``replaced``: same SOP Instance UID, other
+    data set bytes: the new file replaces the old one and the series goes
+    back to ``received``, or gets a new job if its job already started (the
+    repository decides; see :mod:`storage.repository`). The same data set in
+    another transfer syntax has other bytes and counts as replaced: the
+    series is processed again, which is safe.
 Failures
     ``OSError`` of the file store (disk full, permissions) and database
     errors answer ``0xA700`` Refused: Out of Resources with the comment
@@ -64,13 +65,10 @@ from storage import (
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["CANNOT_STORE_COMMENT", "StorageReceiver", "utc_now"]
+__all__ = ["CANNOT_STORE_COMMENT", "StorageReceiver", "content_digest", "utc_now"]
 
 #: Error Comment (0000,0902) sent with 0xA700.
 CANNOT_STORE_COMMENT = "Out of resources - cannot store"
-
-#: Placeholder hash while the attributes are checked before the file is written.
-_PENDING_SHA256 = "0" * 64
 
 #: Number of locks that serialise work on one SOP Instance UID.
 _LOCK_STRIPES = 64
@@ -80,6 +78,43 @@ _DISPOSITIONS = {
     InstanceOutcome.DUPLICATE: DispositionValues.DUPLICATE,
     InstanceOutcome.REPLACED: DispositionValues.REPLACED,
 }
+
+
+def content_digest(encoded: bytes) -> str:
+    """SHA-256 (hex) of the data set part of a Part 10 file.
+
+    The file meta (PS3.10 7.1) is left out: it names the sending AE and the
+    time of transfer, which differ between two deliveries of one data set.
+
+    Parameters
+    ----------
+    encoded: bytes
+        Preamble, ``DICM``, file meta group starting with its group length
+        (0002,0000), then the data set, as the C-STORE handler builds it.
+
+    Returns
+    -------
+    str
+        The digest of the data set bytes; of all bytes if `encoded` does
+        not start like a Part 10 file with a group length element.
+
+    Examples
+    --------
+    >>> meta = b"\\x02\\x00\\x00\\x00UL\\x04\\x00" + (4).to_bytes(4, "little") + b"meta"
+    >>> a = content_digest(b"\\x00" * 128 + b"DICM" + meta + b"data set")
+    >>> a == hashlib.sha256(b"data set").hexdigest()
+    True
+    """
+    view = memoryview(encoded)
+    if (
+        len(view) >= 144
+        and view[128:132] == b"DICM"
+        and view[132:138] == b"\x02\x00\x00\x00UL"
+    ):
+        start = 144 + int.from_bytes(view[140:144], "little")
+        if start <= len(view):
+            return hashlib.sha256(view[start:]).hexdigest()
+    return hashlib.sha256(view).hexdigest()
 
 
 def utc_now() -> datetime:
@@ -151,12 +186,12 @@ class StorageReceiver:
                 instance.study_instance_uid, instance.series_instance_uid, sop_uid
             )
             # Validate what will be recorded BEFORE writing, so that a refused
-            # instance never overwrites a recorded file; hash and size are
-            # filled in from the store's write (one pass over the bytes).
+            # instance never overwrites a recorded file; the size is filled in
+            # from the store's write.
             attributes = InstanceAttributes.from_dataset(
                 instance.dataset,
                 file_path=self.store.relative_path(path),
-                sha256=_PENDING_SHA256,
+                sha256=content_digest(instance.encoded),
                 size=len(instance.encoded),
                 transfer_syntax_uid=instance.transfer_syntax_uid,
                 calling_ae_title=instance.calling_ae_title,
@@ -189,7 +224,7 @@ class StorageReceiver:
                     exc.strerror or type(exc).__name__,
                 )
                 return self._refused()
-            attributes = dataclasses.replace(attributes, sha256=stored.sha256, size=stored.size)
+            attributes = dataclasses.replace(attributes, size=stored.size)
             try:
                 with self.session_factory.begin() as session:
                     recorded = record_instance(session, attributes, self.clock())

@@ -98,6 +98,23 @@ def test_duplicate_same_content_is_a_logged_no_op(
     assert len(jobs) == 1 and len(events) == 1
 
 
+def test_same_data_set_from_another_sender_is_a_duplicate(
+    store: InstanceStore, factory: sessionmaker[Session]
+) -> None:
+    receiver = StorageReceiver(store, factory, clock=lambda: NOW)
+    ds = make_ct_dataset()
+    first = received(ds)
+    ds.file_meta.SourceApplicationEntityTitle = "OTHERPACS"
+    second = received(ds, calling_ae="OTHERPACS")
+    assert first.encoded != second.encoded  # only the file meta differs
+    assert receiver.receive(first).disposition is DispositionValues.STORED
+    assert receiver.receive(second).disposition is DispositionValues.DUPLICATE
+    ds.PatientWeight = 71.5  # the data set itself changes
+    assert receiver.receive(received(ds)).disposition is DispositionValues.REPLACED
+    with factory() as session:
+        assert len(jobs_for_series(session, ds.SeriesInstanceUID)) == 1
+
+
 def test_replaced_content_requeues_the_series(
     store: InstanceStore, factory: sessionmaker[Session]
 ) -> None:
