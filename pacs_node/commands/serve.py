@@ -64,7 +64,8 @@ def banner(node: Any) -> str:
             f"model: {manifest.model_name} {manifest.model_version}",
             f"data: {settings.data_dir}",
             f"destinations: {destinations or 'none (results are written, not sent)'}",
-            "RESEARCH USE ONLY, NOT FOR DIAGNOSIS. " + manifest.intended_use,
+            f"intended use: {manifest.intended_use}",
+            "RESEARCH USE ONLY, NOT FOR DIAGNOSIS.",
         ]
     )
 
