@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+#: Database fixtures (SQLite and the local PostgreSQL) shared by the storage tests.
+pytest_plugins = ("tests.storage_fixtures",)
+
 #: Root of the repository and the shared real-CT data beside it.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("DEEPSC_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

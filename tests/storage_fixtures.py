@@ -1,6 +1,6 @@
 """Database fixtures for the storage tests (SQLite and PostgreSQL).
 
-Test modules load them with ``pytest_plugins = ("tests.storage_fixtures",)``.
+tests/conftest.py loads them as a plugin.
 
 ``db_engine`` is parametrized over SQLite (a file in a temporary folder) and
 PostgreSQL (the local server, marked ``postgres``). Each PostgreSQL test

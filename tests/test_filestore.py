@@ -31,7 +31,6 @@ from storage import (
 )
 from storage.filestore import sha256_of_file
 
-pytest_plugins = ("tests.storage_fixtures",)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STUDY = "1.2.826.0.1.3680043.8.498.1"

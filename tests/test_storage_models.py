@@ -17,7 +17,6 @@ from storage import JobState, current_revision, downgrade_database, head_revisio
 from storage.db import MIGRATIONS_DIR, create_database_engine, dispose_engines, get_engine
 from storage.models import Base, InstanceRow, JobRow, ResultRow, SeriesRow, StudyRow
 
-pytest_plugins = ("tests.storage_fixtures",)
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 

@@ -56,7 +56,6 @@ from storage.exports import NO_DESTINATIONS_REASON, backoff_delay
 from storage.jobs import RECOVERED_REASON
 from storage.models import ExportAttemptRow, InstanceRow
 
-pytest_plugins = ("tests.storage_fixtures",)
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 STUDY = "1.2.826.0.1.3680043.8.498.10"
