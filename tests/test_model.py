@@ -1,0 +1,181 @@
+"""The joint network and the task-aware loss (tiny grids, CPU)."""
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from inference.loss import TaskAwareLoss, soft_dice_loss  # noqa: E402
+from inference.model import (  # noqa: E402
+    CLASS_KEYS,
+    ModelConfig,
+    ProbabilityModel,
+    build_model,
+    lesion_descriptors,
+    presence_score,
+)
+
+pytestmark = pytest.mark.torch
+
+GRID = (16, 32, 32)
+TINY = dict(channels=(4, 8, 16), strides=((1, 2, 2), (2, 2, 2)), blocks=(1, 1, 1))
+
+
+def _net(task: str = "joint") -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(ModelConfig(task=task, **TINY)).eval()
+
+
+@pytest.mark.parametrize("task", ["joint", "segmentation", "classification"])
+def test_every_variant_has_both_outputs_with_static_shapes(task: str) -> None:
+    net = _net(task)
+    x = torch.randn(2, 1, *GRID)
+    lesion, classes = net(x)
+    assert lesion.shape == (2, 1, *GRID)
+    assert classes.shape == (2, len(CLASS_KEYS))
+    lesion_p, class_p = ProbabilityModel(net)(x)
+    assert torch.all((lesion_p >= 0) & (lesion_p <= 1))
+    assert torch.allclose(class_p.sum(dim=1), torch.ones(2), atol=1e-6)
+
+
+def test_single_task_variants_output_constants_for_the_task_they_do_not_learn() -> None:
+    x = torch.randn(1, 1, *GRID)
+    lesion_p, _ = ProbabilityModel(_net("classification"))(x)
+    assert float(lesion_p.max()) < 1e-6
+    _, class_p = ProbabilityModel(_net("segmentation"))(x)
+    assert torch.allclose(class_p, torch.full((1, 3), 1.0 / 3.0), atol=1e-6)
+    assert _net("classification").decoder is None
+    assert _net("segmentation").classifier is None
+
+
+def test_joint_classifier_attends_to_the_lesion_output() -> None:
+    net = _net("joint")
+    x = torch.randn(1, 1, *GRID)
+    with torch.no_grad():
+        _, before = net(x)
+        net.decoder.head.bias += 8.0  # the lesion map becomes "lesion everywhere"
+        _, after = net(x)
+    assert not torch.allclose(before, after, atol=1e-4)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_class_loss_trains_the_shared_encoder_and_the_decoder_only_without_detach(
+    detach: bool,
+) -> None:
+    net = build_model(ModelConfig(task="joint", detach_attention=detach, **TINY)).train()
+    _, classes = net(torch.randn(2, 1, *GRID))
+    torch.nn.functional.cross_entropy(classes, torch.tensor([0, 2])).backward()
+    encoder_grad = sum(float(p.grad.abs().sum()) for p in net.encoder.parameters())
+    assert encoder_grad > 0
+    head_grad = net.decoder.head.weight.grad
+    if detach:
+        assert head_grad is None or float(head_grad.abs().sum()) == 0.0
+    else:
+        assert float(head_grad.abs().sum()) > 0
+
+
+def test_lesion_descriptors_tell_density_and_laterality() -> None:
+    image = torch.full((2, 1, *GRID), -0.8)
+    lesion = torch.zeros(2, 1, *GRID)
+    lesion[0, 0, 4:8, 8:16, 2:10] = 1.0  # one side only
+    image[0, 0, 4:8, 8:16, 2:10] = 0.3  # consolidation
+    lesion[1, 0, 4:8, 8:16, 2:6] = 1.0  # both sides
+    lesion[1, 0, 4:8, 8:16, 26:30] = 1.0
+    image[1][lesion[1] > 0] = -0.3  # ground glass
+    descriptors = lesion_descriptors(lesion, image, top_k=64)
+    burden, presence, density, asymmetry = descriptors.T
+    assert presence.tolist() == pytest.approx([1.0, 1.0])
+    assert density[0] > density[1] + 0.5
+    assert asymmetry[0] > 0.9 and asymmetry[1] < 0.05
+    empty = lesion_descriptors(torch.zeros(1, 1, *GRID), image[:1], top_k=64)
+    assert empty[0, 1:].abs().max() < 1e-6
+
+
+def test_config_validation_and_round_trip() -> None:
+    config = ModelConfig(task="segmentation", **TINY)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    assert config.total_stride == (2, 4, 4)
+    config.check_shape(GRID)
+    with pytest.raises(ValueError, match="shape"):
+        config.check_shape((15, 32, 32))
+    with pytest.raises(ValueError, match="task"):
+        ModelConfig(task="detection")
+    with pytest.raises(ValueError, match="strides"):
+        ModelConfig(channels=(4, 8, 16), strides=((1, 2, 2),), blocks=(1, 1, 1))
+    with pytest.raises(ValueError, match="blocks"):
+        ModelConfig(channels=(4, 8, 16), strides=((1, 2, 2), (2, 2, 2)), blocks=(1, 1))
+    with pytest.raises(TypeError, match="config"):
+        build_model("joint")  # type: ignore[arg-type]
+
+
+def test_presence_score_separates_empty_from_lesion_maps() -> None:
+    empty = torch.zeros(1, 1, *GRID)
+    lesion = torch.zeros(1, 1, *GRID)
+    lesion[0, 0, 4:8, 10:14, 10:14] = 1.0  # 64 voxels
+    scores = presence_score(torch.cat([empty, lesion]), top_k=64)
+    assert scores.tolist() == pytest.approx([0.0, 1.0])
+    # a single bright voxel is not a lesion of 64 voxels
+    speck = torch.zeros(1, 1, *GRID)
+    speck[0, 0, 0, 0, 0] = 1.0
+    assert float(presence_score(speck, top_k=64)) == pytest.approx(1.0 / 64)
+
+
+def test_soft_dice_loss_bounds() -> None:
+    target = torch.zeros(1, 1, *GRID)
+    target[..., 2:6, 2:10, 2:10] = 1
+    assert float(soft_dice_loss(target, target)) == pytest.approx(0.0, abs=1e-3)
+    shifted = torch.roll(target, shifts=12, dims=4)
+    assert float(soft_dice_loss(shifted, target)) == pytest.approx(1.0, abs=1e-2)
+    with pytest.raises(ValueError, match="same shape"):
+        soft_dice_loss(target, target[..., :4])
+
+
+def _logits_from(probability: torch.Tensor) -> torch.Tensor:
+    return torch.logit(probability.clamp(1e-4, 1 - 1e-4))
+
+
+def test_coupling_penalises_lesions_on_no_pneumonia_scans() -> None:
+    loss = TaskAwareLoss("joint", coupling_weight=1.0, top_k=16)
+    target = torch.zeros(1, 1, *GRID)
+    predicted_lesion = torch.full((1, 1, *GRID), 0.01)
+    predicted_lesion[..., 4:8, 4:8, 4:8] = 0.99
+    class_logits = torch.tensor([[0.0, 0.0, 4.0]])  # says "no pneumonia"
+    label = torch.tensor([CLASS_KEYS.index("no_pneumonia")])
+    with_lesion = loss(_logits_from(predicted_lesion), class_logits, target, label)
+    without = loss(_logits_from(torch.full((1, 1, *GRID), 0.01)), class_logits, target, label)
+    assert with_lesion.coupling > without.coupling + 1.0
+    # the same lesion map is consistent with a covid19 label and class output
+    covid = torch.tensor([CLASS_KEYS.index("covid19")])
+    agree = loss(_logits_from(predicted_lesion), torch.tensor([[4.0, 0.0, 0.0]]),
+                 (predicted_lesion > 0.5).float(), covid)
+    assert agree.coupling < 0.1
+
+
+def test_adaptive_task_weights_are_learned_only_for_the_joint_task() -> None:
+    lesion = torch.randn(2, 1, *GRID, requires_grad=True)
+    classes = torch.randn(2, 3, requires_grad=True)
+    target = (torch.rand(2, 1, *GRID) > 0.8).float()
+    labels = torch.tensor([0, 2])
+    joint = TaskAwareLoss("joint")
+    joint(lesion, classes, target, labels).total.backward()
+    assert joint.log_variance.grad is not None and float(joint.log_variance.grad.abs().sum()) > 0
+    seg = TaskAwareLoss("segmentation")
+    terms = seg(lesion, classes, target, labels)
+    assert terms.cls == 0.0 and terms.coupling == 0.0
+    assert float(terms.total.detach()) == pytest.approx(terms.seg, rel=1e-5)
+    cls = TaskAwareLoss("classification")
+    terms = cls(lesion, classes, target, labels)
+    assert terms.seg == 0.0
+    assert float(terms.total.detach()) == pytest.approx(terms.cls, rel=1e-5)
+
+
+def test_loss_rejects_mismatched_shapes() -> None:
+    loss = TaskAwareLoss()
+    with pytest.raises(ValueError, match="lesion_target"):
+        loss(torch.zeros(1, 1, *GRID), torch.zeros(1, 3), torch.zeros(1, 1, 8, 8, 8),
+             torch.tensor([0]))
+    with pytest.raises(ValueError, match="labels"):
+        loss(torch.zeros(1, 1, *GRID), torch.zeros(1, 3), torch.zeros(1, 1, *GRID),
+             torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="task"):
+        TaskAwareLoss("detection")
