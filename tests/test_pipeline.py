@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from inference import phantom
 from inference.errors import InferenceError
 from inference.geometry import Geometry
 from inference.pipeline import InferencePipeline, class_probabilities
@@ -144,9 +145,6 @@ def test_from_model_dir(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bundled_model_on_a_phantom() -> None:
-    if not (BUNDLED_MODEL / "model.onnx").is_file():
-        pytest.skip("inference/bundled_model has not landed yet")
-    phantom = pytest.importorskip("inference.phantom")
     spec = phantom.sample_spec(20250, "covid19")
     fov = spec.matrix * spec.pixel_spacing
     spec = dataclasses.replace(spec, matrix=256, pixel_spacing=fov / 256)
