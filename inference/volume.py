@@ -54,6 +54,7 @@ from inference.volume_checks import check_identity, check_image_format, check_st
 LOGGER = logging.getLogger(__name__)
 
 __all__ = [
+    "DICOM_READ_ERRORS",
     "CTVolume",
     "build_volume",
     "read_series",
@@ -63,6 +64,18 @@ __all__ = [
     "DEFAULT_ORIENTATION_TOLERANCE",
 ]
 
+#: What ``pydicom.dcmread`` raises on a file that is not readable DICOM
+#: (missing, truncated, garbled): ``except DICOM_READ_ERRORS`` catches it.
+DICOM_READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    InvalidDicomError,
+    EOFError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    struct.error,
+)
 #: HU written into padding pixels whose own HU would be above -1024.
 PADDING_HU = -3024
 #: Default largest deviation of a slice from the regular grid, as a fraction
@@ -165,16 +178,7 @@ def read_series(paths: Iterable[str | Path]) -> list[Dataset]:
     for path in _expand(paths):
         try:
             dataset = pydicom.dcmread(path, force=True)
-        except (
-            OSError,
-            InvalidDicomError,
-            EOFError,
-            ValueError,
-            TypeError,
-            KeyError,
-            IndexError,
-            struct.error,
-        ) as exc:
+        except DICOM_READ_ERRORS as exc:
             raise VolumeError(
                 f"cannot read DICOM file {path.name}: {type(exc).__name__}"
             ) from exc

@@ -45,7 +45,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import struct
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -54,7 +53,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
     UID,
     CTImageStorage,
@@ -64,6 +62,7 @@ from pydicom.uid import (
 
 from config import SelectionRules
 from inference.errors import VolumeError
+from inference.volume import DICOM_READ_ERRORS
 from pacs_node.results.common import DEVICE_NAME, MANUFACTURER
 from storage import JobState
 
@@ -207,16 +206,7 @@ def read_headers(paths: Iterable[str | Path]) -> list[Dataset]:
         path = Path(item)
         try:
             headers.append(pydicom.dcmread(path, stop_before_pixels=True, force=True))
-        except (
-            OSError,
-            InvalidDicomError,
-            EOFError,
-            ValueError,
-            TypeError,
-            KeyError,
-            IndexError,
-            struct.error,
-        ) as exc:
+        except DICOM_READ_ERRORS as exc:
             raise VolumeError(f"cannot read DICOM file {path.name}: {type(exc).__name__}") from exc
     return headers
 
