@@ -1,0 +1,151 @@
+"""ONNX Runtime vs torch (CPU) latency and peak memory of the model, one run.
+
+Usage (from the repository root)::
+
+    /work/venv/bin/python bench/inference.py [--model inference/bundled_model]
+        [--checkpoint RUN/last.pt] [--threads 2] [--repeat 10]
+
+Both runtimes get the same input: a phantom scan prepared for the model grid
+(:func:`inference.export.parity_input`). ONNX Runtime runs ``model.onnx`` of
+the model directory through :func:`inference.session.load_model` (CPU
+provider, ``intra_op_threads = --threads``). torch runs the same network:
+the ``--checkpoint`` if given, otherwise the architecture recorded in the
+manifest (``training.model_config``) with seeded weights (the amount of
+computation does not depend on the weight values), in ``eval`` mode under
+``torch.inference_mode`` with ``torch.set_num_threads(--threads)``.
+
+Each runtime runs in its own child process so that its peak resident memory
+(``ru_maxrss``, including the interpreter and the loaded model) is its own.
+The result is one table: median and 90th-percentile latency over ``--repeat``
+calls after two warm-up calls, the ratio ONNX Runtime / torch of the
+medians (target <= 0.6), and the peak memory of each process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+DEFAULT_MODEL = REPO_ROOT / "inference" / "bundled_model"
+
+
+def _input(model_dir: Path) -> Any:
+    from inference.export import parity_input
+    from inference.manifest import Manifest
+
+    return parity_input(Manifest.load(model_dir), seed=7, matrix=192)
+
+
+def _time(call: Callable[[], object], repeat: int) -> list[float]:
+    for _ in range(2):
+        call()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def worker(runtime: str, model_dir: Path, checkpoint: Path | None, threads: int,
+           repeat: int) -> dict[str, object]:
+    """Time one runtime in this process; returns latencies and peak RSS."""
+    import numpy as np
+
+    x = _input(model_dir)
+    if runtime == "onnxruntime":
+        from inference.session import load_model
+
+        session = load_model(model_dir, providers=["CPUExecutionProvider"],
+                             intra_op_threads=threads, inter_op_threads=1)
+        times = _time(lambda: session.run(x), repeat)
+        version = __import__("onnxruntime").__version__
+    else:
+        import torch
+
+        from inference.manifest import Manifest
+        from inference.model import ModelConfig, ProbabilityModel, build_model
+
+        torch.set_num_threads(threads)
+        if checkpoint is not None:
+            from inference.export import load_checkpoint_network
+
+            network, _ = load_checkpoint_network(checkpoint)
+        else:
+            manifest = Manifest.load(model_dir)
+            torch.manual_seed(0)
+            network = build_model(ModelConfig.from_dict(manifest.training["model_config"]))
+        model = ProbabilityModel(network.eval()).eval()
+        tensor = torch.from_numpy(np.ascontiguousarray(x))
+
+        def call() -> None:
+            with torch.inference_mode():
+                model(tensor)
+
+        times = _time(call, repeat)
+        version = torch.__version__
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "runtime": runtime,
+        "version": version,
+        "times_s": times,
+        "median_s": float(np.median(times)),
+        "p90_s": float(np.percentile(times, 90)),
+        "peak_rss_mib": peak_kib / 1024.0,
+        "input_shape": list(x.shape),
+    }
+
+
+def main() -> int:
+    """Run both runtimes in child processes and print the comparison."""
+    parser = argparse.ArgumentParser(description="ONNX Runtime vs torch CPU latency.")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--worker", choices=("onnxruntime", "torch"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.model, args.checkpoint, args.threads,
+                                args.repeat)))
+        return 0
+    results = {}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    for runtime in ("onnxruntime", "torch"):
+        command = [sys.executable, __file__, "--worker", runtime, "--model", str(args.model),
+                   "--threads", str(args.threads), "--repeat", str(args.repeat)]
+        if args.checkpoint:
+            command += ["--checkpoint", str(args.checkpoint)]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        if done.returncode != 0:
+            print(done.stderr, file=sys.stderr)
+            return 1
+        results[runtime] = json.loads(done.stdout.strip().splitlines()[-1])
+    ratio = results["onnxruntime"]["median_s"] / results["torch"]["median_s"]
+    if args.json:
+        print(json.dumps({"ratio_onnxruntime_over_torch": ratio, **results}, indent=1))
+        return 0
+    print(f"model: {args.model}  input {results['torch']['input_shape']}  "
+          f"threads {args.threads}  repeat {args.repeat}")
+    print(f"{'runtime':<22}{'median ms':>10}{'p90 ms':>10}{'peak RSS MiB':>14}")
+    for name, item in results.items():
+        label = f"{name} {item['version']}"
+        print(f"{label:<22}{item['median_s'] * 1e3:>10.1f}{item['p90_s'] * 1e3:>10.1f}"
+              f"{item['peak_rss_mib']:>14.0f}")
+    print(f"ratio onnxruntime / torch (median latency): {ratio:.2f}  (target <= 0.60)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
