@@ -59,9 +59,11 @@ from typing import Any
 
 import numpy as np
 
+from inference.codes import CLASS_KEYS
 from inference.errors import InferenceError
 from inference.geometry import Geometry
 from inference.manifest import Manifest
+from inference.phantom.nifti import LPS_TO_RAS, nifti_affine
 from inference.preprocessing import prepare_input, resample_to_geometry
 
 LOGGER = logging.getLogger(__name__)
@@ -73,7 +75,6 @@ __all__ = [
     "DatasetCase",
     "CacheArrays",
     "geometry_from_affine",
-    "affine_from_geometry",
     "load_nifti",
     "save_nifti",
     "read_dataset",
@@ -90,10 +91,8 @@ __all__ = [
     "load_cache",
 ]
 
-#: Class keys in model order (same as :data:`inference.model.CLASS_KEYS`).
-CLASS_KEYS = ("covid19", "cap", "no_pneumonia")
-
-_LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
+#: LPS <-> RAS (its own inverse) on 3-vectors.
+_LPS_FROM_RAS = LPS_TO_RAS[:3, :3]
 CACHE_FORMAT_VERSION = 1
 
 
@@ -212,17 +211,6 @@ def geometry_from_affine(affine: np.ndarray, shape_xyz: Sequence[int]) -> Geomet
     )
 
 
-def affine_from_geometry(geometry: Geometry) -> np.ndarray:
-    """The NIfTI (RAS) affine of a ``[k, i, j]`` volume saved as ``[j, i, k]``."""
-    affine = np.eye(4)
-    affine[:3, 0] = np.asarray(geometry.row_direction) * geometry.spacing[2]
-    affine[:3, 1] = np.asarray(geometry.column_direction) * geometry.spacing[1]
-    affine[:3, 2] = np.asarray(geometry.slice_direction) * geometry.spacing[0]
-    affine[:3, 3] = geometry.origin
-    affine[:3] = _LPS_FROM_RAS @ affine[:3]
-    return affine
-
-
 def load_nifti(path: str | Path) -> tuple[np.ndarray, Geometry]:
     """Read a 3D NIfTI file as a ``[k, i, j]`` array and its geometry.
 
@@ -256,7 +244,7 @@ def save_nifti(array: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image = nibabel.Nifti1Image(np.transpose(array, (2, 1, 0)), affine_from_geometry(geometry))
+    image = nibabel.Nifti1Image(np.transpose(array, (2, 1, 0)), nifti_affine(geometry))
     image.header.set_xyzt_units("mm")
     nibabel.save(image, str(path))
     return path

@@ -52,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inference.codes import CLASS_KEYS
+
 LOGGER = logging.getLogger(__name__)
 
 __all__ = [
@@ -69,9 +71,6 @@ __all__ = [
     "presence_score",
     "lesion_descriptors",
 ]
-
-#: Class keys in the order of the class logits / probabilities.
-CLASS_KEYS = ("covid19", "cap", "no_pneumonia")
 
 #: The three network variants (joint, and the two single-task ablations).
 TASKS = ("joint", "segmentation", "classification")

@@ -11,7 +11,6 @@ from inference.dataset import (
     CLASS_KEYS,
     Case,
     DatasetError,
-    affine_from_geometry,
     build_cache,
     case_seed,
     geometry_from_affine,
@@ -25,6 +24,7 @@ from inference.dataset import (
     write_dataset,
 )
 from inference.geometry import Geometry
+from inference.phantom.nifti import nifti_affine
 from tests.manifest_fixtures import make_manifest
 
 
@@ -48,7 +48,7 @@ def test_nifti_round_trip_keeps_voxels_and_patient_positions(tmp_path: Path) -> 
     assert loaded_geometry.shape == geometry.shape
     assert np.allclose(loaded_geometry.affine, geometry.affine, atol=1e-5)
     # RAS affine: x and y flip sign, the first voxel's LPS (-100, -150, 30) is RAS (100, 150, 30)
-    affine = affine_from_geometry(geometry)
+    affine = nifti_affine(geometry)
     assert np.allclose(affine[:3, 3], [100.0, 150.0, 30.0])
     assert np.allclose(affine[:3, 0], [-0.7, 0.0, 0.0])
 
