@@ -31,7 +31,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from inference.dataset import CLASS_KEYS, CacheArrays, load_cache
-from inference.evaluate import plot_training_curve
+from inference.evaluate import dice_score, plot_training_curve
 from inference.loss import TaskAwareLoss
 from inference.model import DeepSCNet, ModelConfig, build_model
 
@@ -298,9 +298,21 @@ def _batch_indices(step: int, batch_size: int, train_indices: np.ndarray, seed: 
     return np.asarray(out, dtype=np.int64)
 
 
-def _dice(prediction: np.ndarray, target: np.ndarray) -> float:
-    denominator = float(prediction.sum() + target.sum())
-    return 1.0 if denominator == 0 else 2.0 * float((prediction & target).sum()) / denominator
+@torch.no_grad()
+def _predict_cases(
+    model: DeepSCNet, cache: CacheArrays, indices: Sequence[int], device: torch.device
+) -> Iterator[tuple[int, np.ndarray, int]]:
+    """Yield ``(index, lesion probability, predicted class)`` per cached case, in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        for index in indices:
+            x = torch.from_numpy(cache.images[index].astype(np.float32))[None, None].to(device)
+            lesion_logits, class_logits = model(x)
+            probability = torch.sigmoid(lesion_logits[0, 0]).float().cpu().numpy()
+            yield index, probability, int(class_logits.argmax(dim=1)[0])
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -315,21 +327,17 @@ def validate(
         ``dice_mean`` (mean over cases with a lesion), ``dice_pooled``,
         ``accuracy``.
     """
-    was_training = model.training
-    model.eval()
-    dices, correct = [], 0
+    dices: list[float] = []
+    correct = 0
     intersection = total = 0.0
-    for index in indices:
-        x = torch.from_numpy(cache.images[index].astype(np.float32))[None, None].to(device)
-        lesion_logits, class_logits = model(x)
-        prediction = (lesion_logits[0, 0] > 0).cpu().numpy()
+    for index, probability, predicted in _predict_cases(model, cache, indices, device):
+        prediction = probability > 0.5
         target = cache.lesions[index] >= 128
         if target.any():
-            dices.append(_dice(prediction, target))
+            dices.append(dice_score(prediction, target) or 0.0)
         intersection += float((prediction & target).sum())
         total += float(prediction.sum() + target.sum())
-        correct += int(int(class_logits.argmax(dim=1)[0]) == int(cache.labels[index]))
-    model.train(was_training)
+        correct += int(predicted == int(cache.labels[index]))
     return {
         "dice_mean": float(np.mean(dices)) if dices else float("nan"),
         "dice_pooled": 2.0 * intersection / total if total else 1.0,
@@ -363,18 +371,12 @@ def calibrate_threshold(
     tuple[float, dict[str, float]]
         The best threshold and the mean Dice of every candidate.
     """
-    was_training = model.training
-    model.eval()
     scores: dict[float, list[float]] = {float(t): [] for t in candidates}
-    for index in indices:
+    lesion_cases = [i for i in indices if (cache.lesions[i] >= 128).any()]
+    for index, probability, _ in _predict_cases(model, cache, lesion_cases, device):
         target = cache.lesions[index] >= 128
-        if not target.any():
-            continue
-        x = torch.from_numpy(cache.images[index].astype(np.float32))[None, None].to(device)
-        probability = torch.sigmoid(model(x)[0][0, 0]).cpu().numpy()
         for threshold in scores:
-            scores[threshold].append(_dice(probability >= threshold, target))
-    model.train(was_training)
+            scores[threshold].append(dice_score(probability >= threshold, target) or 0.0)
     means = {f"{t:.2f}": float(np.mean(v)) if v else 0.0 for t, v in scores.items()}
     return select_threshold(means), means
 
