@@ -4,12 +4,8 @@
 labels, seeds derived from ``seed`` with
 :func:`inference.dataset.case_seed`, so a seed not used for training gives
 unseen scans) and runs every model directory on each of them through the
-node's own path: the runtime pipeline (:mod:`inference.pipeline`) when it is
-installed, otherwise the same stages called one by one
-(:func:`inference.preprocessing.prepare_input`, the ONNX Runtime session of
-:mod:`inference.session`, :func:`inference.preprocessing.to_source_grid`
-thresholded at the manifest's ``lesion_threshold``). Dice is measured on the
-*source* grid against the phantom's lesion mask.
+node's own path, the runtime pipeline (:mod:`inference.pipeline`). Dice is
+measured on the *source* grid against the phantom's lesion mask.
 
 Metrics (:func:`compute_metrics`)
     * ``dice_mean``: mean over the scans whose reference holds a lesion of
@@ -245,51 +241,19 @@ def compute_metrics(
 # Running models
 
 
-def load_predictor(model_dir: str | Path, threads: int | None = None) -> tuple[Predictor, str]:
+def load_predictor(model_dir: str | Path, threads: int | None = None) -> Predictor:
     """A predictor running a model directory the way the node does.
 
-    Uses :class:`inference.pipeline.InferencePipeline` (preprocessing, ONNX
-    Runtime, post-processing: lesions restricted to the lungs, small
-    components dropped) when it is installed; otherwise the preprocessing ->
-    ONNX Runtime session -> ``to_source_grid`` stages directly.
+    :class:`inference.pipeline.InferencePipeline` on the CPU provider:
+    preprocessing, ONNX Runtime, post-processing (lesions restricted to the
+    lungs, small components dropped), so the Dice is that of the node's path.
 
     Returns
     -------
-    tuple[Predictor, str]
-        The predictor and a description of the path it takes.
+    Predictor
     """
-    from inference.preprocessing import prepare_input, to_source_grid
-    from inference.session import load_model
+    from inference.pipeline import InferencePipeline
 
-    pipeline = _pipeline_predictor(model_dir, threads)
-    if pipeline is not None:
-        return pipeline, "inference.pipeline"
-    session = load_model(model_dir, providers=["CPUExecutionProvider"], intra_op_threads=threads)
-    manifest = session.manifest
-
-    def predict(hu: np.ndarray, geometry: Geometry) -> Prediction:
-        prepared = prepare_input(hu, geometry, manifest)
-        outputs = session.run(prepared.tensor)
-        mask = to_source_grid(
-            outputs["lesion_probability"][0, 0],
-            prepared.geometry,
-            geometry,
-            threshold=manifest.lesion_threshold,
-        )
-        probabilities = tuple(float(p) for p in outputs["class_probabilities"][0])
-        return Prediction(lesion_mask=mask, class_probabilities=probabilities)
-
-    return predict, "preprocessing + session + to_source_grid"
-
-
-def _pipeline_predictor(model_dir: str | Path, threads: int | None) -> Predictor | None:
-    """The runtime pipeline as a predictor, when :mod:`inference.pipeline` exists."""
-    try:
-        from inference.pipeline import InferencePipeline
-    except ModuleNotFoundError as exc:
-        if exc.name != "inference.pipeline":
-            raise
-        return None
     pipe = InferencePipeline.from_model_dir(
         model_dir, providers=["CPUExecutionProvider"], intra_op_threads=threads
     )
@@ -408,9 +372,8 @@ def evaluate_models(
         raise ValueError('Argument "model_dirs" should name at least one model directory.')
     predictors = {}
     for model_dir in model_dirs:
-        predict, path = load_predictor(model_dir, threads)
-        LOGGER.info("evaluating %s through %s", model_dir, path)
-        predictors[str(model_dir)] = predict
+        LOGGER.info("evaluating %s through inference.pipeline", model_dir)
+        predictors[str(model_dir)] = load_predictor(model_dir, threads)
     bar = None
     if progress:
         from tqdm import tqdm
