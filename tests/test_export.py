@@ -7,12 +7,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-onnx = pytest.importorskip("onnx")
-
-from inference.export import (  # noqa: E402
+from inference.export import (
     ExportError,
     build_manifest,
     check_onnx_file,
@@ -20,10 +19,10 @@ from inference.export import (  # noqa: E402
     load_checkpoint_network,
     parity_input,
 )
-from inference.manifest import Manifest  # noqa: E402
-from inference.model import DeepSCNet, ModelConfig, build_model  # noqa: E402
-from inference.session import load_model  # noqa: E402
-from pacs_node.cli import main  # noqa: E402
+from inference.manifest import Manifest
+from inference.model import DeepSCNet, ModelConfig, build_model
+from inference.session import load_model
+from pacs_node.cli import main
 
 pytestmark = pytest.mark.torch
 

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from inference.loss import TaskAwareLoss, soft_dice_loss  # noqa: E402
-from inference.model import (  # noqa: E402
+from inference.loss import TaskAwareLoss, soft_dice_loss
+from inference.model import (
     CLASS_KEYS,
     ModelConfig,
     ProbabilityModel,

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from inference.dataset import CLASS_KEYS, Case, build_cache, load_cache  # noqa: E402
-from inference.export import build_manifest, load_checkpoint_network  # noqa: E402
-from inference.geometry import Geometry  # noqa: E402
-from inference.loss import TaskAwareLoss  # noqa: E402
-from inference.model import ModelConfig, build_model  # noqa: E402
-from inference.train import (  # noqa: E402
+from inference.dataset import CLASS_KEYS, Case, build_cache, load_cache
+from inference.export import build_manifest, load_checkpoint_network
+from inference.geometry import Geometry
+from inference.loss import TaskAwareLoss
+from inference.model import ModelConfig, build_model
+from inference.train import (
     TrainConfig,
     augment_batch,
     calibrate_threshold,
