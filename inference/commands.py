@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.bundled_model import BUNDLED_MODEL_DIR
+from inference.phantom.commands import positive_int
 
 LOGGER = logging.getLogger(__name__)
 
@@ -44,13 +45,6 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"should be a positive integer, not {text}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train``, ``evaluate`` and ``export`` to the ``deepsc-node`` parser."""
     train = subparsers.add_parser(
@@ -62,27 +56,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="dataset directory with dataset.json")
-    source.add_argument("--phantoms", type=_positive_int, metavar="N",
+    source.add_argument("--phantoms", type=positive_int, metavar="N",
                         help="generate N phantoms (balanced classes)")
     train.add_argument("--phantom-seed", type=int, default=1,
                        help="run seed of the phantoms (default 1)")
-    train.add_argument("--phantom-matrix", type=_positive_int, default=192,
+    train.add_argument("--phantom-matrix", type=positive_int, default=192,
                        help="in-plane matrix of the training phantoms (default 192; the field "
                        "of view is kept)")
     train.add_argument("--out", type=Path, required=True, help="run directory")
     train.add_argument("--cache", type=Path, help="cache directory (default OUT/cache)")
     train.add_argument("--task", choices=("joint", "segmentation", "classification"),
                        default="joint")
-    train.add_argument("--steps", type=_positive_int, default=TRAIN_DEFAULTS["steps"])
-    train.add_argument("--batch-size", type=_positive_int,
+    train.add_argument("--steps", type=positive_int, default=TRAIN_DEFAULTS["steps"])
+    train.add_argument("--batch-size", type=positive_int,
                        default=TRAIN_DEFAULTS["batch_size"])
     train.add_argument("--lr", type=float, default=TRAIN_DEFAULTS["lr"],
                        help="peak learning rate (AdamW, cosine decay)")
     train.add_argument("--warmup-steps", type=int, default=TRAIN_DEFAULTS["warmup_steps"])
     train.add_argument("--seed", type=int, default=0, help="seed of weights and sampling")
-    train.add_argument("--threads", type=_positive_int, default=2)
+    train.add_argument("--threads", type=positive_int, default=2)
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    train.add_argument("--checkpoint-every", type=_positive_int,
+    train.add_argument("--checkpoint-every", type=positive_int,
                        default=TRAIN_DEFAULTS["checkpoint_every"])
     train.add_argument("--eval-every", type=int, default=TRAIN_DEFAULTS["eval_every"],
                        help="validate every N steps (0: at the end)")
@@ -99,9 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="bf16 autocast where the hardware has it (auto), or force one")
     train.add_argument("--no-resume", action="store_true", help="ignore OUT/last.pt")
     train.add_argument("--no-progress", action="store_true")
-    train.add_argument("--grid", type=_positive_int, nargs=3, metavar=("D", "H", "W"))
+    train.add_argument("--grid", type=positive_int, nargs=3, metavar=("D", "H", "W"))
     train.add_argument("--spacing", type=float, nargs=3, metavar=("SLICE", "ROW", "COL"))
-    train.add_argument("--channels", type=_positive_int, nargs="+",
+    train.add_argument("--channels", type=positive_int, nargs="+",
                        help="encoder channels per level (default 8 16 48 96 192)")
     train.add_argument("--cache-only", action="store_true",
                        help="build the cache and stop")
@@ -120,10 +114,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="display name of each --model, in order")
     evaluate.add_argument("--seed", type=int, required=True,
                           help="phantom run seed; use one not used in training")
-    evaluate.add_argument("--n", type=_positive_int, default=60)
-    evaluate.add_argument("--matrix", type=_positive_int,
+    evaluate.add_argument("--n", type=positive_int, default=60)
+    evaluate.add_argument("--matrix", type=positive_int,
                           help="phantom matrix (default: the generator's 512)")
-    evaluate.add_argument("--threads", type=_positive_int, default=2)
+    evaluate.add_argument("--threads", type=positive_int, default=2)
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of text")
     evaluate.add_argument("--out-json", type=Path, help="write metrics and cases to this file")
     evaluate.add_argument("--confusion-png", type=Path,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["register", "run_phantom"]
+__all__ = ["register", "run_phantom", "positive_int"]
 
 #: ``--transfer-syntax`` choices and the UIDs they name.
 TRANSFER_SYNTAX_NAMES: dict[str, str] = {
@@ -37,7 +37,8 @@ TRANSFER_SYNTAX_NAMES: dict[str, str] = {
 }
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """``argparse`` type: an integer >= 1, with a message that names the bad text."""
     try:
         value = int(text)
     except ValueError:
@@ -98,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="output folder (created if missing)")
-    parser.add_argument("--n", type=_positive_int, default=1, metavar="N",
+    parser.add_argument("--n", type=positive_int, default=1, metavar="N",
                         help="number of phantoms (default 1)")
     parser.add_argument("--seed", type=_seed, default=0, metavar="S",
                         help="seed of the first phantom (default 0)")
@@ -108,11 +109,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "covid19,cap,no_pneumonia (default all three)")
     parser.add_argument("--format", choices=("dicom", "nifti", "both"), default="dicom",
                         help="output format (default dicom)")
-    parser.add_argument("--matrix", type=_positive_int, metavar="N",
+    parser.add_argument("--matrix", type=positive_int, metavar="N",
                         help="rows and columns of each slice")
     parser.add_argument("--pixel-spacing", type=_positive_float, metavar="MM",
                         help="in-plane pixel spacing (mm)")
-    parser.add_argument("--slices", type=_positive_int, metavar="N", help="number of slices")
+    parser.add_argument("--slices", type=positive_int, metavar="N", help="number of slices")
     parser.add_argument("--slice-thickness", type=_positive_float, metavar="MM",
                         help="slice thickness = spacing (mm)")
     parser.add_argument("--transfer-syntax", choices=tuple(TRANSFER_SYNTAX_NAMES),
