@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     /work/venv/bin/python bench/inference.py [--model inference/bundled_model]
-        [--checkpoint RUN/last.pt] [--threads 2] [--repeat 10]
+        [--checkpoint RUN/last.pt] [--threads 2] [--repeat 10] [--profile]
 
 Both runtimes get the same input: a phantom scan prepared for the model grid
 (:func:`inference.export.parity_input`). ONNX Runtime runs ``model.onnx`` of
@@ -106,6 +106,33 @@ def worker(runtime: str, model_dir: Path, checkpoint: Path | None, threads: int,
     }
 
 
+def profile_ops(model_dir: Path, threads: int, repeat: int) -> list[tuple[str, float]]:
+    """ONNX Runtime kernel time per operator type (ms per call), largest first."""
+    import collections
+    import tempfile
+
+    import onnxruntime as ort
+
+    x = _input(model_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(model_dir / "model.onnx"), options,
+                                       providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        for _ in range(repeat):
+            session.run(None, {name: x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_op: collections.Counter[str] = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            per_op[event["args"]["op_name"]] += event["dur"] / 1e3 / repeat
+    return per_op.most_common()
+
+
 def main() -> int:
     """Run both runtimes in child processes and print the comparison."""
     parser = argparse.ArgumentParser(description="ONNX Runtime vs torch CPU latency.")
@@ -114,6 +141,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print ONNX Runtime's kernel time per operator type")
     parser.add_argument("--worker", choices=("onnxruntime", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -144,6 +173,12 @@ def main() -> int:
         print(f"{label:<22}{item['median_s'] * 1e3:>10.1f}{item['p90_s'] * 1e3:>10.1f}"
               f"{item['peak_rss_mib']:>14.0f}")
     print(f"ratio onnxruntime / torch (median latency): {ratio:.2f}  (target <= 0.60)")
+    if args.profile:
+        ops = profile_ops(args.model, args.threads, args.repeat)
+        total = sum(ms for _, ms in ops)
+        print(f"onnxruntime kernel time by operator ({total:.1f} ms per call):")
+        for op, ms in ops[:8]:
+            print(f"  {op:<20}{ms:>8.1f} ms  {100 * ms / total:5.1f} %")
     return 0
 
 
