@@ -88,6 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="fractions of the steps between which the coupling weight ramps up")
     train.add_argument("--fixed-weights", action="store_true",
                        help="fixed task weights instead of learned uncertainty weights")
+    train.add_argument("--classifier-grad-scale", type=float, default=1.0, metavar="F",
+                       help="factor in [0, 1] on the classification gradient into the shared "
+                            "encoder (joint task; default 1 = full sharing)")
     train.add_argument("--no-augment", action="store_true")
     train.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                        help="bf16 autocast where the hardware has it (auto), or force one")
@@ -197,7 +200,7 @@ def run_train(args: argparse.Namespace) -> int:
     LOGGER.info("cache %s ready in %.0f s", cache_dir, time.perf_counter() - start)
     if args.cache_only:
         return 0
-    model_config = ModelConfig(task=args.task)
+    model_config = ModelConfig(task=args.task, classifier_grad_scale=args.classifier_grad_scale)
     if args.channels:
         n_levels = len(args.channels)
         model_config = ModelConfig(
@@ -205,6 +208,7 @@ def run_train(args: argparse.Namespace) -> int:
             channels=tuple(args.channels),
             strides=((1, 2, 2),) + ((2, 2, 2),) * (n_levels - 2),
             blocks=(1,) + (2,) * (n_levels - 1),
+            classifier_grad_scale=args.classifier_grad_scale,
         )
     config = TrainConfig(
         steps=args.steps,

@@ -60,6 +60,7 @@ __all__ = [
     "CLASS_KEYS",
     "TASKS",
     "ModelConfig",
+    "scale_gradient",
     "ConvBlock",
     "Encoder",
     "LesionDecoder",
@@ -108,6 +109,11 @@ class ModelConfig:
         Stop the classification gradient at the lesion map the classifier
         attends to (the lesion subnet then learns from the segmentation and
         coupling terms only; the shared encoder still learns from both).
+    classifier_grad_scale: float
+        Factor on the classification gradient that flows from the classifier
+        into the shared encoder (1 = full sharing, 0 = the encoder learns from
+        the segmentation and coupling terms only). Training only: the forward
+        values, and so the exported graph, do not depend on it.
 
     Raises
     ------
@@ -124,6 +130,7 @@ class ModelConfig:
     top_k: int = 64
     n_classes: int = 3
     detach_attention: bool = True
+    classifier_grad_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -148,6 +155,9 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError('Argument "dropout" should be in [0, 1).')
+        if not 0.0 <= float(self.classifier_grad_scale) <= 1.0:
+            raise ValueError('Argument "classifier_grad_scale" should be in [0, 1].')
+        object.__setattr__(self, "classifier_grad_scale", float(self.classifier_grad_scale))
         object.__setattr__(self, "channels", channels)
         object.__setattr__(self, "strides", strides)
         object.__setattr__(self, "blocks", blocks)
@@ -384,6 +394,19 @@ class PooledClassifier(nn.Module):
         return self.mlp(pooled)
 
 
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` in the forward pass, ``scale`` times its gradient in the backward pass.
+
+    Parameters
+    ----------
+    x: torch.Tensor
+        Any tensor.
+    scale: float
+        Factor on the gradient that flows back through the result.
+    """
+    return x * scale + x.detach() * (1.0 - scale)
+
+
 class DeepSCNet(nn.Module):
     """The joint network (or a single-task ablation of it).
 
@@ -431,7 +454,10 @@ class DeepSCNet(nn.Module):
             attention = torch.sigmoid(lesion_logits)
             if self.config.detach_attention:
                 attention = attention.detach()
-            class_logits = self.classifier(features[-1], attention, x)
+            shared = features[-1]
+            if self.training and self.config.classifier_grad_scale != 1.0:
+                shared = scale_gradient(shared, self.config.classifier_grad_scale)
+            class_logits = self.classifier(shared, attention, x)
         elif isinstance(self.classifier, PooledClassifier):
             class_logits = self.classifier(features[-1])
         else:

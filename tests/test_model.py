@@ -73,6 +73,32 @@ def test_class_loss_trains_the_shared_encoder_and_the_decoder_only_without_detac
         assert float(head_grad.abs().sum()) > 0
 
 
+def test_classifier_grad_scale_scales_the_class_gradient_into_the_encoder_only() -> None:
+    """Same weights, same input: the deepest encoder level gets ``scale`` times the
+    class gradient, the classifier its full gradient, and the outputs are equal."""
+    x = torch.randn(2, 1, *GRID)
+    grads = {}
+    outputs = {}
+    for scale in (1.0, 0.25):
+        torch.manual_seed(0)
+        net = build_model(ModelConfig(task="joint", classifier_grad_scale=scale, **TINY))
+        net.train()
+        for module in net.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        _, classes = net(x)
+        torch.nn.functional.cross_entropy(classes, torch.tensor([0, 2])).backward()
+        outputs[scale] = classes.detach()
+        last = list(net.encoder.levels[-1].parameters())[0]
+        grads[scale] = (last.grad.clone(), net.classifier.mlp[0].weight.grad.clone())
+    assert torch.allclose(outputs[1.0], outputs[0.25], atol=1e-6)
+    assert float(grads[1.0][0].abs().sum()) > 0
+    assert torch.allclose(grads[0.25][0], 0.25 * grads[1.0][0], rtol=1e-4, atol=1e-7)
+    assert torch.allclose(grads[0.25][1], grads[1.0][1], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="classifier_grad_scale"):
+        ModelConfig(classifier_grad_scale=1.5)
+
+
 def test_lesion_descriptors_tell_density_and_laterality() -> None:
     image = torch.full((2, 1, *GRID), -0.8)
     lesion = torch.zeros(2, 1, *GRID)
