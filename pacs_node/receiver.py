@@ -12,6 +12,21 @@ So a Success status promises that the file is durable and its row (and the
 series' job) committed. Nothing else happens in the handler thread: no
 header parsing beyond what the handler did, no selection, no inference.
 
+What Success (0x0000) promises, exactly
+    The bytes received (with the node's file meta) are in
+    ``instances/<study>/<series>/<sop>.dcm`` under their final name,
+    ``fsync``\\ ed with their directory, and the instance row and its series'
+    job are committed (SQLite ``synchronous=FULL``, PostgreSQL's default
+    durable commit). Both survive a crash of the node (SIGKILL:
+    ``tests/test_crash_safety.py``) and, on storage that honours flushes, a
+    power loss; the instance takes part in its series' job and a restart
+    resumes that job. For a ``duplicate`` it promises the same of the copy
+    already held. It does not promise a result: the selection rules or the
+    volume checks may still reject the series (the job says why). Any other
+    status promises nothing was recorded; the peer should send again. If the
+    node dies before answering, the instance may or may not be kept; a
+    resend is harmless (duplicate or replaced).
+
 Outcomes
     ``stored``: a new instance (the series' job is created or its quiet timer
     restarts). ``duplicate``: same SOP Instance UID and the same data set

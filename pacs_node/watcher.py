@@ -23,13 +23,20 @@ Late instances
     earlier job's results stay (see :mod:`storage.repository`).
 Restart
     Jobs found ``complete`` at start-up (the node stopped between steps 1
-    and 3) are evaluated again by :meth:`SeriesWatcher.evaluate`.
+    and 3) are evaluated again by :meth:`SeriesWatcher.evaluate`. Jobs found
+    ``received`` were cut off by the stop or crash: the sender's association
+    died with the node, and its silence while the node was down says nothing
+    about the series being complete. Their quiet timer counts from the start
+    of the watcher (:meth:`SeriesWatcher.start`): no series is completed in
+    the first ``quiet_time`` seconds, so a PACS that sends the series again
+    after the restart extends the same job instead of the partial series
+    being processed at once and the rest making a second job and result.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -109,6 +116,19 @@ class SeriesWatcher(PollingLoop):
         self.uid_root = uid_root
         self.clock = clock
         self.on_queued = on_queued
+        self.not_before: datetime | None = None
+
+    def start(self) -> None:
+        """Start the thread; no series is completed in the first ``quiet_time`` seconds.
+
+        Series left ``received`` by the previous run (a crash in the middle of
+        a transfer) get a whole quiet time from now, so that their senders can
+        send them again (see the module docstring). A series received after
+        the start is not due before then anyway.
+        """
+        if not self.running:
+            self.not_before = self.clock() + timedelta(seconds=self.quiet_time)
+        super().start()
 
     def poll_once(self) -> int:
         """Complete every due series and decide on it.
@@ -118,6 +138,8 @@ class SeriesWatcher(PollingLoop):
         int
             Jobs moved to ``complete`` in this poll.
         """
+        if self.not_before is not None and self.clock() < self.not_before:
+            return 0
         with self.session_factory.begin() as session:
             now = self.clock()
             completed = []

@@ -266,3 +266,22 @@ def test_quiet_time_must_be_positive(
     with pytest.raises(ValueError, match='"quiet_time"'):
         SeriesWatcher(db_factory, instance_store, quiet_time=0, rules=SelectionRules(),
                       uid_root=DEFAULT_UID_ROOT)
+
+
+def test_series_left_received_by_a_crash_gets_a_whole_quiet_time_after_the_start(
+    receiver: StorageReceiver, watcher: SeriesWatcher, db_factory: sessionmaker[Session],
+    clock: Clock,
+) -> None:
+    # A transfer cut off by a crash: the series looks quiet for an hour when
+    # the node comes back, but its sender could not send while it was down.
+    series = deliver(receiver, ct_series(24))
+    clock.advance(3600.0)
+    watcher.start()  # sets the hold; the thread itself is not needed here
+    assert watcher.stop(5.0)
+    assert watcher.poll_once() == 0
+    clock.advance(0.9)
+    assert watcher.poll_once() == 0
+    assert only_job(db_factory, series).state is JobState.RECEIVED
+    clock.advance(0.1)
+    assert watcher.poll_once() == 1
+    assert only_job(db_factory, series).state is JobState.QUEUED
