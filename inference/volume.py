@@ -16,6 +16,10 @@ Decisions
   interpolated or resampled.
 * Enhanced (multi-frame) CT is not supported and is rejected with
   ``VolumeError("Enhanced CT not supported ...")``.
+* Declared sizes are trusted by no decoder here: Rows/Columns above
+  :data:`~inference.volume_checks.MAX_MATRIX` or more than
+  :data:`~inference.volume_checks.MAX_VOXELS` voxels in all are rejected
+  with a ``VolumeError`` before any array is allocated or frame decoded.
 * HU = stored value x RescaleSlope + RescaleIntercept per slice (PS3.3
   C.11.1.1.2), or the Modality LUT Sequence through
   :func:`pydicom.pixels.apply_modality_lut` where one is present. The array
@@ -36,6 +40,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,13 +48,19 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from inference.errors import SeriesNotVolumetricError, VolumeError
 from inference.geometry import Geometry
-from inference.volume_checks import check_identity, check_image_format, check_stack, uid_of
+from inference.volume_checks import (
+    check_decodable,
+    check_identity,
+    check_image_format,
+    check_stack,
+    uid_of,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -75,6 +86,9 @@ DICOM_READ_ERRORS: tuple[type[BaseException], ...] = (
     KeyError,
     IndexError,
     struct.error,
+    zlib.error,  # a file meta that claims Deflated for data that is not
+    NotImplementedError,  # an unknown VR in an element read at once (SpecificCharacterSet)
+    BytesLengthException,  # a value whose length is no multiple of its VR's size
 )
 #: HU written into padding pixels whose own HU would be above -1024.
 PADDING_HU = -3024
@@ -228,13 +242,15 @@ def decode_frame(dataset: Dataset, series_uid: str = "", index: int = 0) -> np.n
     ref = uid_of(dataset, index)
     where = f"image {ref}" + (f" of series {series_uid}" if series_uid else "")
     syntax = _transfer_syntax(dataset)
+    if not syntax.is_transfer_syntax:
+        raise VolumeError(f"{where} has an unknown transfer syntax {syntax}")
     rows, columns = int(dataset.Rows), int(dataset.Columns)
     bits = int(dataset.BitsAllocated)
     if not syntax.is_compressed:
         if bits not in (8, 16, 32):
             raise VolumeError(f"{where} has BitsAllocated {bits}; CT needs 8, 16 or 32")
         expected = rows * columns * bits // 8
-        actual = len(dataset.PixelData)
+        actual = len(dataset.PixelData or b"")
         if actual not in (expected, expected + 1):
             raise VolumeError(
                 f"{where}: PixelData has {actual} bytes but Rows {rows} x Columns "
@@ -283,11 +299,17 @@ def _padding_range(dataset: Dataset) -> tuple[int, int] | None:
     bits = int(dataset.BitsAllocated)
     signed = int(dataset.PixelRepresentation) == 1
 
-    def as_stored(raw: int) -> int:
-        raw = int(raw)
-        if signed and raw >= 2 ** (bits - 1):
-            raw -= 2**bits
-        return raw
+    def as_stored(raw: object) -> int:
+        try:
+            stored = int(raw)  # type: ignore[call-overload]
+        except (TypeError, ValueError, OverflowError):
+            raise VolumeError(
+                f"image {uid_of(dataset, 0)} has no usable PixelPaddingValue/"
+                "PixelPaddingRangeLimit (expected one integer each)"
+            ) from None
+        if signed and stored >= 2 ** (bits - 1):
+            stored -= 2**bits
+        return stored
 
     low, high = sorted((as_stored(value), as_stored(limit)))
     return low, high
@@ -332,8 +354,11 @@ def build_volume(
         image).
     VolumeError
         If identifiers, geometry attributes or pixel data are missing or
-        unusable, pixel data cannot be decoded, or the images are Enhanced
-        (multi-frame) CT.
+        unusable, pixel data cannot be decoded, the images are Enhanced
+        (multi-frame) CT, or the declared size exceeds
+        :data:`inference.volume_checks.MAX_MATRIX` /
+        :data:`~inference.volume_checks.MAX_VOXELS` (checked before any
+        array is allocated).
     """
     for name, value in (
         ("spacing_tolerance", spacing_tolerance),
@@ -346,6 +371,7 @@ def build_volume(
         raise TypeError('Argument "datasets" should hold pydicom Dataset objects.')
     if not datasets:
         raise VolumeError("no images: a volume needs at least two slices")
+    check_decodable(datasets)
     series_uid, _ = check_identity(datasets)
     rows, columns = check_image_format(datasets, series_uid)
     if len(datasets) < 2:

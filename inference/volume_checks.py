@@ -32,15 +32,30 @@ from inference.errors import SeriesNotVolumetricError, VolumeError
 LOGGER = logging.getLogger(__name__)
 
 __all__ = [
+    "DECODED_KEYWORDS",
+    "MAX_MATRIX",
+    "MAX_VOXELS",
     "SliceStack",
     "check_identity",
+    "check_decodable",
     "check_image_format",
     "check_stack",
+    "integer_attribute",
     "uid_of",
 ]
 
 #: Absolute floor (mm) of the position tolerances, for DS rounding of IPP.
 POSITION_FLOOR_MM = 0.01
+#: Largest Rows or Columns of an image that is decoded. CT is 512 or 1024
+#: (rarely 2048); a larger declared matrix is refused before any pixel is
+#: decoded or any array allocated, since a decoder trusts Rows/Columns
+#: (65535 x 65535 x 2 bytes = 8 GiB per slice).
+MAX_MATRIX = 4096
+#: Largest number of voxels (slices x Rows x Columns) of one volume:
+#: 2048 slices of 512 x 512, i.e. 1 GiB as int16 or 2 GiB as float32 HU,
+#: beside the pixel bytes of the files. A 0.5 mm chest CT has about 800
+#: slices; a larger series is refused with a reason, not processed.
+MAX_VOXELS = 2048 * 512 * 512
 
 
 def uid_of(dataset: Dataset, index: int) -> str:
@@ -58,8 +73,92 @@ def uid_of(dataset: Dataset, index: int) -> str:
     str
         ``"1.2.3..."`` or ``"image #index"``.
     """
-    uid = str(dataset.get("SOPInstanceUID", "") or "").strip()
+    try:
+        uid = str(dataset.get("SOPInstanceUID", "") or "").strip()
+    except Exception:  # an undecodable element (see check_decodable): use the index
+        uid = ""
     return uid if uid else f"image #{index}"
+
+
+#: Attributes the volume builder reads from each image (pydicom decodes an
+#: element on first access; :func:`check_decodable` does it for all first).
+DECODED_KEYWORDS = (
+    "SOPInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "Modality",
+    "NumberOfFrames", "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration",
+    "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+    "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "RescaleSlope",
+    "RescaleIntercept", "PixelPaddingValue", "PixelPaddingRangeLimit", "ModalityLUTSequence",
+    "PixelData",
+)
+
+
+def check_decodable(datasets: Sequence[Dataset]) -> None:
+    """Decode every attribute of :data:`DECODED_KEYWORDS` in every image.
+
+    pydicom converts an element when it is first read and raises for a
+    malformed one (an unknown VR, a length that is no multiple of the value
+    size, ...) with exception types of its own; after this check such a
+    failure is a :class:`VolumeError` and later reads return the decoded
+    values. Found by ``tests/test_fuzz_ingest.py``.
+
+    Parameters
+    ----------
+    datasets: Sequence[pydicom.dataset.Dataset]
+        The images.
+
+    Raises
+    ------
+    VolumeError
+        Naming the image and the attribute that cannot be decoded (never its
+        value).
+    """
+    for index, ds in enumerate(datasets):
+        for keyword in DECODED_KEYWORDS:
+            try:
+                ds.get(keyword)
+            except Exception as exc:  # pydicom's conversion errors have no common base
+                raise VolumeError(
+                    f"image {uid_of(ds, index)} has a malformed {keyword} element that "
+                    f"cannot be decoded ({type(exc).__name__})"
+                ) from exc
+
+
+def integer_attribute(
+    ds: Dataset, keyword: str, ref: str, series_uid: str, default: int | None = None
+) -> int:
+    """A single integer attribute of an image (US, SS, IS...), checked.
+
+    Parameters
+    ----------
+    ds: pydicom.dataset.Dataset
+        The image.
+    keyword: str
+        E.g. ``"Rows"``.
+    ref, series_uid: str
+        For messages.
+    default: int | None
+        Returned when the attribute is absent or empty; ``None``: required.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    VolumeError
+        If it is required and absent, or not one integer (several values, text).
+    """
+    value = ds.get(keyword)
+    if value is None or value == "":
+        if default is None:
+            raise VolumeError(f"image {ref} of series {series_uid} lacks {keyword}")
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise VolumeError(
+            f"image {ref} of series {series_uid} has no usable {keyword} (expected one integer)"
+        ) from None
 
 
 def _single_value(datasets: Sequence[Dataset], keyword: str, what: str) -> str:
@@ -146,14 +245,16 @@ def check_image_format(datasets: Sequence[Dataset], series_uid: str) -> tuple[in
     ------
     VolumeError
         For multi-frame (Enhanced CT) images, images without pixel data or
-        pixel module attributes, colour images, or a non-CT modality.
+        pixel module attributes, colour images, a non-CT modality, Rows or
+        Columns outside 1 to :data:`MAX_MATRIX`, or more than
+        :data:`MAX_VOXELS` voxels in all (checked before anything is decoded).
     SeriesNotVolumetricError
         If matrix size or pixel format differ between images.
     """
     formats = set()
     for index, ds in enumerate(datasets):
         ref = uid_of(ds, index)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        frames = integer_attribute(ds, "NumberOfFrames", ref, series_uid, default=1)
         if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
             raise VolumeError(
                 f"Enhanced CT not supported: image {ref} of series {series_uid} is a "
@@ -177,20 +278,22 @@ def check_image_format(datasets: Sequence[Dataset], series_uid: str) -> tuple[in
             raise VolumeError(
                 f"image {ref} of series {series_uid} lacks {', '.join(missing)}"
             )
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        rows, columns, bits, representation = (
+            integer_attribute(ds, keyword, ref, series_uid)
+            for keyword in ("Rows", "Columns", "BitsAllocated", "PixelRepresentation")
+        )
+        if not (0 < rows <= MAX_MATRIX and 0 < columns <= MAX_MATRIX):
+            raise VolumeError(
+                f"image {ref} of series {series_uid} declares {rows}x{columns} pixels; "
+                f"the limit is 1 to {MAX_MATRIX} rows and columns"
+            )
+        samples = integer_attribute(ds, "SamplesPerPixel", ref, series_uid, default=1)
         if samples != 1:
             raise VolumeError(
                 f"image {ref} of series {series_uid} has SamplesPerPixel {samples}; "
                 "CT images are greyscale (1)"
             )
-        formats.add(
-            (
-                int(ds.Rows),
-                int(ds.Columns),
-                int(ds.BitsAllocated),
-                int(ds.PixelRepresentation),
-            )
-        )
+        formats.add((rows, columns, bits, representation))
     if len(formats) > 1:
         matrices = sorted({(f[0], f[1]) for f in formats})
         if len(matrices) > 1:
@@ -205,6 +308,12 @@ def check_image_format(datasets: Sequence[Dataset], series_uid: str) -> tuple[in
             f"images of series {series_uid} have different pixel formats ({shown})"
         )
     rows, columns, _, _ = formats.pop()
+    voxels = len(datasets) * rows * columns
+    if voxels > MAX_VOXELS:
+        raise VolumeError(
+            f"series {series_uid} has {len(datasets)} images of {rows}x{columns} = "
+            f"{voxels} voxels; the limit is {MAX_VOXELS} (e.g. 2048 slices of 512x512)"
+        )
     return rows, columns
 
 

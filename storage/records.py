@@ -43,6 +43,34 @@ __all__ = [
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
+def _attribute(dataset: Any, keyword: str) -> Any:
+    """``getattr(dataset, keyword, None)``, or ``None`` when the element cannot be decoded.
+
+    pydicom converts a received element on first access and raises for a
+    malformed one (an unknown VR, a length that is no multiple of the value
+    size, ...) with exception types that share no base class. A record keeps
+    what it can: such an attribute is recorded as absent (found by
+    ``tests/test_fuzz_ingest.py``; before, the C-STORE was answered 0xC211
+    with the value's bytes in the logged traceback).
+    """
+    try:
+        return getattr(dataset, keyword, None)
+    except Exception as exc:  # pydicom's conversion errors have no common base class
+        LOGGER.debug("%s cannot be decoded (%s); recorded as absent", keyword, type(exc).__name__)
+        return None
+
+
+def _without_nul(value: object) -> str:
+    """``str(value)`` without NUL characters.
+
+    No DICOM text VR allows NUL (PS3.5 6.1.2.3), PostgreSQL text cannot hold
+    it, and psycopg2 raises ``ValueError`` (not a database error) for it: a
+    received Series Description with an embedded NUL made the C-STORE fail
+    with 0xC211 on PostgreSQL.
+    """
+    return str(value).replace("\x00", "")
+
+
 def _check_aware(value: datetime, name: str) -> None:
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise ValueError(f'Argument "{name}" should be a timezone-aware datetime, got {value!r}')
@@ -198,32 +226,33 @@ class InstanceAttributes:
         """
 
         def text(keyword: str) -> str | None:
-            value = getattr(dataset, keyword, None)
-            return None if value is None or str(value) == "" else str(value)
+            value = _attribute(dataset, keyword)
+            value = None if value is None else _without_nul(value)
+            return None if value is None or value == "" else value
 
         def integer(keyword: str) -> int | None:
-            value = getattr(dataset, keyword, None)
+            value = _attribute(dataset, keyword)
             try:
                 return None if value is None or str(value).strip() == "" else int(value)
             except (TypeError, ValueError):
                 return None
 
-        image_type = getattr(dataset, "ImageType", None)
+        image_type = _attribute(dataset, "ImageType")
         if image_type is None:
             image_types: tuple[str, ...] = ()
         elif isinstance(image_type, str):
-            image_types = tuple(image_type.split("\\"))
+            image_types = tuple(_without_nul(image_type).split("\\"))
         else:
-            image_types = tuple(str(v) for v in image_type)
+            image_types = tuple(_without_nul(v) for v in image_type)
         if transfer_syntax_uid is None:
             meta = getattr(dataset, "file_meta", None)
             value = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
             transfer_syntax_uid = str(value) if value else None
         return cls(
-            study_instance_uid=str(getattr(dataset, "StudyInstanceUID", "") or ""),
-            series_instance_uid=str(getattr(dataset, "SeriesInstanceUID", "") or ""),
-            sop_instance_uid=str(getattr(dataset, "SOPInstanceUID", "") or ""),
-            sop_class_uid=str(getattr(dataset, "SOPClassUID", "") or ""),
+            study_instance_uid=str(_attribute(dataset, "StudyInstanceUID") or ""),
+            series_instance_uid=str(_attribute(dataset, "SeriesInstanceUID") or ""),
+            sop_instance_uid=str(_attribute(dataset, "SOPInstanceUID") or ""),
+            sop_class_uid=str(_attribute(dataset, "SOPClassUID") or ""),
             file_path=file_path,
             sha256=sha256,
             size=size,

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+from highdicom import SpecificCharacterSetValues
 from pydicom.dataset import Dataset
 
 from inference.geometry import Geometry
@@ -38,6 +39,7 @@ __all__ = [
     "check_source_datasets",
     "check_result",
     "resolve_institution_name",
+    "result_character_set",
 ]
 
 #: Default Series Number of the SEG series (high, so that it sorts after the
@@ -59,6 +61,9 @@ DEVICE_NAME = "deepsc-node"
 POSITION_TOLERANCE_MM = 0.01
 #: Largest accepted ``|sum(probabilities) - 1|``.
 PROBABILITY_TOLERANCE = 1e-3
+#: Specific Character Set of a result whose source declares one that highdicom
+#: does not write: UTF-8 encodes any text pydicom decoded from the source.
+FALLBACK_CHARACTER_SET = "ISO_IR 192"
 
 _ORIENTATION_TOLERANCE = 1e-4
 _SPACING_TOLERANCE_MM = 1e-3
@@ -375,3 +380,57 @@ def resolve_institution_name(
         return check_long_string(override, "institution_name")
     value = source_datasets[0].get("InstitutionName", None)
     return str(value) if value else None
+
+
+def result_character_set(source_datasets: Sequence[Dataset]) -> str | list[str] | None:
+    """Specific Character Set (0008,0005) for a SEG or SR built from the source series.
+
+    The result copies the patient's name and other text from the source, so
+    it keeps the source's character set, in a form highdicom accepts:
+    PS3.3 C.12.1.1.2 lets the first of several values be empty (the default
+    repertoire, e.g. ``\\ISO 2022 IR 87``), which highdicom refuses; it is
+    written as ``ISO 2022 IR 6``. A set highdicom does not know (e.g.
+    ``ISO 2022 IR 149``, or a misspelt value) becomes
+    :data:`FALLBACK_CHARACTER_SET` (UTF-8), which encodes any text.
+
+    Parameters
+    ----------
+    source_datasets: Sequence[pydicom.Dataset]
+        The source series; the first dataset's value is used (highdicom
+        copies patient and study attributes from it).
+
+    Returns
+    -------
+    str | list[str] | None
+        ``None`` when the source has no (or an empty) Specific Character Set.
+
+    Examples
+    --------
+    >>> ds = Dataset()
+    >>> ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    >>> result_character_set([ds])
+    ['ISO 2022 IR 6', 'ISO 2022 IR 87']
+    """
+    value = source_datasets[0].get("SpecificCharacterSet") if source_datasets else None
+    if value is None:
+        return None
+    values = [str(v).strip() for v in ([value] if isinstance(value, str) else value)]
+    values = [v for v in values if v] if len(values) == 1 else values
+    if not values:
+        return None
+    if len(values) > 1 and values[0] == "":
+        values[0] = SpecificCharacterSetValues.DEFAULT_REPERTOIRE_CODE_EXTENSIONS.value
+    known = {member.value for member in SpecificCharacterSetValues}
+    multi_byte = {"ISO 2022 IR 87", "ISO 2022 IR 149", "ISO 2022 IR 159"}
+    if all(v in known for v in values) and (
+        len(values) == 1
+        or (all(v.startswith("ISO 2022") for v in values) and values[0] not in multi_byte)
+    ):
+        return values[0] if len(values) == 1 else values
+    LOGGER.info(
+        "series %s: source Specific Character Set is not one highdicom writes; "
+        "results are written in %s",
+        source_datasets[0].get("SeriesInstanceUID", ""),
+        FALLBACK_CHARACTER_SET,
+    )
+    return FALLBACK_CHARACTER_SET

@@ -39,6 +39,7 @@ from pacs_node.results.common import (
     check_source_datasets,
     phi_safe_warnings,
     resolve_institution_name,
+    result_character_set,
     software_version,
 )
 from pacs_node.results.uids import adopt_dimension_organization_uid, check_uid_root, new_uid
@@ -316,6 +317,7 @@ def build_segmentation(
             series_description=SEG_SERIES_DESCRIPTION,
             content_qualification=hd.ContentQualificationValues.RESEARCH,
             institution_name=resolve_institution_name(source_datasets, institution_name),
+            specific_character_set=result_character_set(source_datasets),
         )
     adopt_dimension_organization_uid(seg, new_uid(root))
     LOGGER.info(

@@ -62,6 +62,7 @@ from pacs_node.results.common import (
     check_source_datasets,
     phi_safe_warnings,
     resolve_institution_name,
+    result_character_set,
     software_version,
 )
 from pacs_node.results.library import image_library, insert_image_library
@@ -495,6 +496,7 @@ def build_measurement_report(
             software_versions=software_version(),
             device_serial_number=serial,
             institution_name=resolve_institution_name(source_datasets, institution_name),
+            specific_character_set=result_character_set(source_datasets),
         )
     LOGGER.info(
         "SR %s for series %s: %d measurement groups, lesions %s, %.2f s",
