@@ -22,6 +22,7 @@ from config.settings import (
     Settings,
     bundled_model_dir,
 )
+from config.tls import TLSSettings
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -38,6 +39,7 @@ __all__ = [
     "Settings",
     "SettingsError",
     "SettingsProblem",
+    "TLSSettings",
     "bundled_model_dir",
     "env_variable",
     "format_settings",

@@ -78,6 +78,9 @@ def format_settings(settings: Settings, hide_secrets: bool = True) -> str:
         for key, value in data[table].items():
             if table == "export_retry" and key == "max_attempts" and value is None:
                 value = "forever"
+            if value is None:
+                lines.append(f"# {key}: not set")
+                continue
             lines.append(f"{key} = {_value(value)}")
     for destination in data["destinations"]:
         lines.extend(["", "[[destinations]]"])

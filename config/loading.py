@@ -44,6 +44,7 @@ from config.settings import (
     SelectionRules,
     Settings,
 )
+from config.tls import TLS_PATH_FIELDS, TLSSettings, to_optional_path
 from config.validators import show, to_path
 
 if sys.version_info >= (3, 11):
@@ -272,6 +273,7 @@ def _build(merged: dict[str, _Value], problems: list[SettingsProblem]) -> Settin
         "selection": SelectionRules,
         "export_retry": RetryPolicy,
         "timeouts": AssociationTimeouts,
+        "tls": TLSSettings,
     }
     for table, table_fields in TABLE_FIELDS.items():
         table_kwargs: dict[str, Any] = {}
@@ -279,6 +281,9 @@ def _build(merged: dict[str, _Value], problems: list[SettingsProblem]) -> Settin
         for name, convert in table_fields.items():
             key = f"{table}.{name}"
             if key in merged:
+                if table == "tls" and name in TLS_PATH_FIELDS:
+                    # Relative paths in a file are taken from the file's folder.
+                    convert = functools.partial(to_optional_path, base_dir=merged[key].base_dir)
                 ok, value = _convert(key, merged[key], convert, problems)
                 if ok:
                     table_kwargs[name] = value

@@ -16,6 +16,7 @@ from typing import Any
 from config.validators import (
     show,
     to_ae_title,
+    to_bool,
     to_code_string,
     to_float,
     to_host,
@@ -106,8 +107,9 @@ class CallingAE:
     ae_title: str
         Calling AE title.
     host: str | None
-        If set, the peer's address must also match (reserved for later use
-        by the SCP; ``None``: any host).
+        If set, the peer's IP address must also match: an IP address, or a
+        host name whose addresses are looked up when a peer associates
+        (``None``: any host).
     """
 
     ae_title: str
@@ -157,6 +159,9 @@ class Destination:
         TCP port.
     objects: tuple[str, ...]
         Which result objects to send, default ``("seg", "sr")``.
+    tls: bool
+        Associate over DICOM TLS (``[tls]`` settings: CAs and client
+        certificate). Default ``False``.
     """
 
     name: str
@@ -164,6 +169,7 @@ class Destination:
     host: str
     port: int
     objects: tuple[str, ...] = DEFAULT_OBJECTS
+    tls: bool = False
 
     def __post_init__(self) -> None:
         check_field(self, "name", to_destination_name)
@@ -171,6 +177,7 @@ class Destination:
         check_field(self, "host", to_host)
         check_field(self, "port", to_port)
         check_field(self, "objects", to_objects)
+        check_field(self, "tls", to_bool)
 
     @classmethod
     def parse(cls, value: Any) -> Destination:
@@ -184,7 +191,7 @@ class Destination:
             return cls(match["name"], match["ae"], match["host"], to_port(match["port"]))
         if isinstance(value, dict):
             required = {"name", "ae_title", "host", "port"}
-            unknown = set(value) - required - {"objects"}
+            unknown = set(value) - required - {"objects", "tls"}
             if unknown:
                 raise ValueError(f"has unknown key(s) {', '.join(sorted(unknown))}")
             missing = required - set(value)
@@ -196,6 +203,7 @@ class Destination:
                 value["host"],
                 to_port(value["port"]),
                 to_objects(value.get("objects", DEFAULT_OBJECTS)),
+                value.get("tls", False),
             )
         raise ValueError(f'should be "NAME=AE@host:port" or a table, got {show(value)}')
 
@@ -207,6 +215,7 @@ class Destination:
             "host": self.host,
             "port": self.port,
             "objects": list(self.objects),
+            "tls": self.tls,
         }
 
 

@@ -42,9 +42,11 @@ from config.sections import (
     check_field,
     positive_float,
 )
+from config.tls import TLS_FIELDS, TLS_SECRET_FIELDS, TLSSettings, tls_table
 from config.validators import (
     show,
     to_ae_title,
+    to_bool,
     to_host,
     to_int,
     to_log_level,
@@ -69,6 +71,7 @@ __all__ = [
     "RetryPolicy",
     "SelectionRules",
     "Settings",
+    "TLSSettings",
     "bundled_model_dir",
     "default_data_dir",
 ]
@@ -169,6 +172,7 @@ SCALAR_FIELDS: dict[str, Callable[[Any], Any]] = {
     "port": to_port,
     "bind_address": to_host,
     "allowed_calling_aes": lambda v: to_str_list(v, CallingAE.parse, "calling AE"),
+    "require_called_ae": to_bool,
     "destinations": _destinations,
     "quiet_time": positive_float,
     "database_url": _database_url,
@@ -185,10 +189,12 @@ TABLE_FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "selection": SELECTION_FIELDS,
     "export_retry": RETRY_FIELDS,
     "timeouts": TIMEOUT_FIELDS,
+    "tls": TLS_FIELDS,
 }
 #: Keys whose values are secret and hidden by ``to_dict(hide_secrets=True)``
-#: (none yet). ``database_url`` is special: only its password is hidden.
-SECRET_FIELDS: frozenset[str] = frozenset()
+#: (dotted for keys in a table). ``database_url`` is special: only its
+#: password is hidden.
+SECRET_FIELDS: frozenset[str] = frozenset(f"tls.{name}" for name in TLS_SECRET_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -209,6 +215,9 @@ class Settings:
         Address the SCP listens on. Default ``"0.0.0.0"`` (all IPv4).
     allowed_calling_aes: tuple[CallingAE, ...]
         Peers allowed to associate; empty (default): any.
+    require_called_ae: bool
+        Reject associations whose Called AE Title is not `ae_title`.
+        Default ``True``.
     destinations: tuple[Destination, ...]
         Where results go. Default none.
     quiet_time: float
@@ -240,12 +249,16 @@ class Settings:
     result_series_number_base: int
         Series Number of result series: base + 1 (SEG), + 2 (SR), ...
         Default 9000.
+    tls: TLSSettings
+        DICOM TLS of the SCP and of destinations with ``tls = true``.
+        Default: plain TCP.
     """
 
     ae_title: str = "DEEPSC"
     port: int = 11112
     bind_address: str = "0.0.0.0"
     allowed_calling_aes: tuple[CallingAE, ...] = ()
+    require_called_ae: bool = True
     destinations: tuple[Destination, ...] = ()
     quiet_time: float = 30.0
     selection: SelectionRules = field(default_factory=SelectionRules)
@@ -259,6 +272,7 @@ class Settings:
     export_retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeouts: AssociationTimeouts = field(default_factory=AssociationTimeouts)
     result_series_number_base: int = 9000
+    tls: TLSSettings = field(default_factory=TLSSettings)
 
     def __post_init__(self) -> None:
         for name, convert in SCALAR_FIELDS.items():
@@ -268,6 +282,7 @@ class Settings:
         check_field(self, "selection", _selection)
         check_field(self, "export_retry", _retry)
         check_field(self, "timeouts", _timeouts)
+        check_field(self, "tls", tls_table)
         if not self.database_url:
             url = f"sqlite:///{self.data_dir / DEFAULT_DATABASE_NAME}"
             object.__setattr__(self, "database_url", url)
@@ -342,6 +357,10 @@ class Settings:
             if hide_secrets and item.name in SECRET_FIELDS:
                 data[item.name] = "<hidden>"
         if hide_secrets:
+            for dotted in SECRET_FIELDS:
+                table, _, key = dotted.partition(".")
+                if key and data.get(table, {}).get(key) is not None:
+                    data[table][key] = "<hidden>"
             from sqlalchemy.engine import make_url
 
             data["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)

@@ -23,6 +23,7 @@ LOGGER = logging.getLogger(__name__)
 __all__ = [
     "show",
     "to_ae_title",
+    "to_bool",
     "to_float",
     "to_host",
     "to_int",
@@ -315,6 +316,20 @@ def to_str_list(value: Any, item: Callable[[Any], T], what: str) -> tuple[T, ...
         except ValueError as exc:
             raise ValueError(f"item {index + 1}: {exc}") from None
     return tuple(result)
+
+
+def to_bool(value: Any) -> bool:
+    """Convert to a bool: TOML ``true``/``false``, or (from the environment or
+    the command line) ``true``/``false``, ``yes``/``no``, ``on``/``off``, ``1``/``0``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+    raise ValueError(f"should be true or false, got {show(value)}")
 
 
 def to_text(value: Any) -> str:

@@ -66,9 +66,12 @@ from pacs_node.handlers import (
     handle_store,
 )
 from pacs_node.receive import Receiver
+from pacs_node.tls import handle_tls_handshake
 
 if TYPE_CHECKING:  # pragma: no cover
     from pynetdicom.events import Event
+
+    from pacs_node.audit import AssociationAudit
 
 LOGGER = logging.getLogger(__name__)
 
@@ -149,9 +152,20 @@ class NodeAE(AE):
 
 
 def handle_connection_open(event: Event) -> None:
-    """Set ``TCP_NODELAY`` on a new association's socket (both roles).
+    """Set ``TCP_NODELAY`` and a timeout on a new association's socket (both roles).
 
-    **Event** ``evt.EVT_CONN_OPEN``. **Uses** ``event.assoc.dul.socket``.
+    **Event** ``evt.EVT_CONN_OPEN``. **Uses** ``event.assoc.dul.socket`` and
+    ``event.assoc.network_timeout``.
+
+    Timeout: pynetdicom leaves an accepted socket (and a connected one)
+    blocking without a timeout, and its DUL thread reads a whole PDU in one
+    blocking ``recv`` loop. A peer that sent a PDU header (or random bytes
+    that look like one) and then nothing held the association, its threads
+    and its socket forever, past every ACSE, DIMSE and network timeout
+    (found by ``tests/test_fuzz_pdu.py``; 16 such connections would have
+    used up ``maximum_associations``). With the association's network
+    timeout on the socket, such a read or a send to a peer that stops
+    reading fails after that many seconds and the association is aborted.
 
     pynetdicom sends a DIMSE command and its data set as separate PDUs;
     with Nagle's algorithm on, the second small write waits for the peer's
@@ -173,6 +187,9 @@ def handle_connection_open(event: Event) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError as exc:  # e.g. a socket type without TCP options
         LOGGER.debug("cannot set TCP_NODELAY: %s", exc)
+    timeout = getattr(event.assoc, "network_timeout", None)
+    if timeout is not None:
+        sock.settimeout(timeout)
 
 
 def _timeout(name: str, value: float | None) -> float | None:
@@ -270,7 +287,7 @@ def build_ae(
 
 
 def ae_from_settings(settings: Settings) -> NodeAE:
-    """:func:`build_ae` with the node's settings (title, allow-list, timeouts).
+    """:func:`build_ae` with the node's settings (title, allow-list, called-AE check, timeouts).
 
     Parameters
     ----------
@@ -285,6 +302,7 @@ def ae_from_settings(settings: Settings) -> NodeAE:
     return build_ae(
         settings.ae_title,
         allowed_calling_aes=settings.allowed_calling_aes,
+        require_called_ae=settings.require_called_ae,
         acse_timeout=settings.timeouts.acse,
         dimse_timeout=settings.timeouts.dimse,
         network_timeout=settings.timeouts.network,
@@ -298,6 +316,7 @@ def start_scp(
     receiver: Receiver,
     *,
     ssl_context: ssl.SSLContext | None = None,
+    audit: AssociationAudit | None = None,
 ) -> ThreadedAssociationServer:
     """Start listening in background threads; C-STOREs go to `receiver`.
 
@@ -320,7 +339,13 @@ def start_scp(
     receiver: pacs_node.receive.Receiver
         Keeps received instances.
     ssl_context: ssl.SSLContext | None
-        Server-side TLS context (DICOM TLS, PS3.15 B.1); ``None``: plain TCP.
+        Server-side TLS context (DICOM TLS, PS3.15 B.1; see
+        :func:`pacs_node.tls.server_context`); ``None``: plain TCP. With a
+        context, :func:`pacs_node.tls.handle_tls_handshake` completes each
+        handshake in the connection's own thread.
+    audit: pacs_node.audit.AssociationAudit | None
+        Records every connection in the database audit trail; ``None``:
+        no audit (logs only).
 
     Returns
     -------
@@ -353,8 +378,12 @@ def start_scp(
             tuple(CallingAE(title) for title in ae.require_calling_aet),
             require_called_ae=ae.require_called_aet,
         )
-    handlers: list[evt.EventHandlerType] = [
-        (evt.EVT_CONN_OPEN, handle_connection_open),
+    handlers: list[evt.EventHandlerType] = [(evt.EVT_CONN_OPEN, handle_connection_open)]
+    if ssl_context is not None:
+        handlers.append((evt.EVT_CONN_OPEN, handle_tls_handshake))
+    if audit is not None:
+        handlers.extend(audit.handlers())
+    handlers += [
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [receiver]),
         (evt.EVT_REQUESTED, handle_association_request, [policy]),

@@ -29,6 +29,7 @@ failed.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -68,8 +69,9 @@ class SendFunction(Protocol):
         *,
         calling_ae: str,
         timeouts: AssociationTimeouts | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> scu.SendReport:
-        """Send `items` to `destination` over one association."""
+        """Send `items` to `destination` over one association (TLS context if it uses TLS)."""
         ...  # pragma: no cover
 
 
@@ -96,6 +98,10 @@ class Exporter(PollingLoop):
         Poll period in seconds.
     send: SendFunction
         Default :func:`pacs_node.scu.send`.
+    tls_context: ssl.SSLContext | None
+        Client TLS context for destinations with ``tls = true``
+        (:func:`pacs_node.tls.client_context`); passed to `send` as
+        ``tls_context`` for those destinations only.
     """
 
     def __init__(
@@ -110,6 +116,7 @@ class Exporter(PollingLoop):
         clock: Callable[[], datetime] = utc_now,
         interval: float = DEFAULT_EXPORT_INTERVAL,
         send: SendFunction = scu.send,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__("deepsc-exporter", interval)
         self.session_factory = session_factory
@@ -120,6 +127,7 @@ class Exporter(PollingLoop):
         self.policy = policy
         self.clock = clock
         self.send = send
+        self.tls_context = tls_context
 
     def poll_once(self) -> int:
         """Attempt every due export once.
@@ -157,7 +165,15 @@ class Exporter(PollingLoop):
             return
         paths = [self.result_store.root / item.file_path for item in sendable]
         started = self.clock()
-        report = self.send(destination, paths, calling_ae=self.calling_ae, timeouts=self.timeouts)
+        if destination.tls:
+            report = self.send(
+                destination, paths, calling_ae=self.calling_ae, timeouts=self.timeouts,
+                tls_context=self.tls_context,
+            )
+        else:
+            report = self.send(
+                destination, paths, calling_ae=self.calling_ae, timeouts=self.timeouts
+            )
         finished = self.clock()
         for item, outcome in zip(sendable, report.per_item):
             if outcome.delivered:

@@ -21,7 +21,10 @@ the peer.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import logging
+import socket
+import ssl
 import threading
 import weakref
 from collections.abc import Callable
@@ -37,6 +40,7 @@ from pynetdicom.dsutils import encode_file_meta
 
 from config import CallingAE
 from config.validators import to_ae_title
+from pacs_node.dataset_checks import PIXEL_DATA, inspect_encoding, pixel_data_problem
 from pacs_node.receive import (
     DispositionValues,
     ReceivedInstance,
@@ -46,7 +50,9 @@ from pacs_node.receive import (
     sanitize_uid,
     validate_uid,
 )
+from pacs_node.request_checks import request_problem
 from pacs_node.status import MAX_ERROR_COMMENT_LENGTH, StoreStatus, VerificationStatus, category
+from pacs_node.tls import peer_certificate_subject
 
 if TYPE_CHECKING:  # pragma: no cover
     from pynetdicom.association import Association
@@ -57,12 +63,15 @@ LOGGER = logging.getLogger(__name__)
 __all__ = [
     "AssociationPolicy",
     "RejectReasonValues",
+    "association_counts",
     "handle_association_accepted",
     "handle_association_closed",
     "handle_association_rejected",
     "handle_association_request",
     "handle_echo",
     "handle_store",
+    "host_matches",
+    "rejection_reason",
 ]
 
 #: Identifying attributes checked in every received data set: keyword,
@@ -183,7 +192,10 @@ def handle_store(event: Event, receiver: Receiver) -> Dataset:
     **Checks, in order, and statuses returned**
 
     ``0xC210`` Cannot Understand (pynetdicom: cannot decode)
-        The header of the data set cannot be decoded.
+        The header of the data set cannot be decoded, or the data set is
+        truncated: it ends inside an element of the header or of the pixel
+        data (:func:`pacs_node.dataset_checks.inspect_encoding`); Error
+        Comment "Data set truncated in element (gggg,eeee)".
     ``0xC000`` Error: Cannot Understand
         SOP Class UID (0008,0016) or SOP Instance UID (0008,0018) missing,
         empty or not a valid UID (``^[0-9]+(\\.[0-9]+)*$``, no leading
@@ -191,7 +203,12 @@ def handle_store(event: Event, receiver: Receiver) -> Dataset:
     ``0xA900`` Error: Data Set Does Not Match SOP Class
         SOP Class UID or SOP Instance UID differ from the request's Affected
         SOP Class/Instance UID; or Study Instance UID (0020,000D) or Series
-        Instance UID (0020,000E) missing, empty or invalid.
+        Instance UID (0020,000E) missing, empty or invalid; or the pixel
+        data contradicts the Image Pixel module: missing although Rows and
+        Columns are present (or in a CT image), native pixel data whose
+        length is not Rows x Columns x frames x samples x BitsAllocated / 8
+        (:func:`pacs_node.dataset_checks.pixel_data_problem`; Offending
+        Element (7FE0,0010)).
     status of the receiver
         Otherwise: :meth:`Receiver.receive` decides (``0x0000`` Success,
         ``0xB000``... warnings, ``0xA700`` out of resources, ...).
@@ -234,6 +251,8 @@ def _store(event: Event, receiver: Receiver) -> Dataset:
         if not isinstance(request.DataSet, BytesIO):
             raise ValueError("no data set in the C-STORE request")
         header = decode_header(request.DataSet, event.context.transfer_syntax)
+        # Right after decode_header: it reads on from where that left the stream.
+        encoding = inspect_encoding(request.DataSet, event.context.transfer_syntax, header)
         values = {keyword: _identifier(header, tag) for keyword, tag, _ in _IDENTIFIERS}
     except Exception as exc:  # pydicom raises many types for malformed data
         LOGGER.warning(
@@ -247,13 +266,17 @@ def _store(event: Event, receiver: Receiver) -> Dataset:
     if values["SOPInstanceUID"] in (None, ""):
         instance_log += f" (request: {sanitize_uid(command_instance)})"
 
-    def refuse(status: StoreStatus, comment: str, offending: int) -> Dataset:
+    def refuse(status: StoreStatus, comment: str, offending: int | None) -> Dataset:
         LOGGER.warning(
             "C-STORE from AE %r at %s: refused instance %s of series %s: 0x%04X %s",
             calling_ae, address, instance_log, series_log, status, comment,
         )
         return _status(status, comment, offending)
 
+    if encoding.truncated:
+        tag = encoding.truncated_tag
+        where = "" if tag is None else f" in element ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+        return refuse(StoreStatus.ERROR_CANNOT_DECODE, f"Data set truncated{where}", tag)
     for keyword, tag, status in _IDENTIFIERS[:2]:
         ok, reason = validate_uid(values[keyword])
         if not ok:
@@ -274,6 +297,9 @@ def _store(event: Event, receiver: Receiver) -> Dataset:
         ok, reason = validate_uid(values[keyword])
         if not ok:
             return refuse(status, f"{_NAMES[keyword]} {reason}", tag)
+    problem = pixel_data_problem(header, encoding, event.context.transfer_syntax)
+    if problem is not None:
+        return refuse(StoreStatus.ERROR_DATA_SET_DOES_NOT_MATCH_SOP_CLASS, problem, PIXEL_DATA)
 
     instance = ReceivedInstance(
         sop_class_uid=str(values["SOPClassUID"]),
@@ -416,12 +442,54 @@ class AssociationPolicy:
                     RejectReasonValues.CALLING_AE_TITLE_NOT_RECOGNIZED,
                     f"calling AE title {calling!r} is not in the allow-list",
                 )
-            if not any(entry.host is None or entry.host == address for entry in titles):
+            if not any(entry.host is None or host_matches(entry.host, address) for entry in titles):
                 return (
                     RejectReasonValues.CALLING_AE_TITLE_NOT_RECOGNIZED,
                     f"calling AE title {calling!r} is not allowed from {address}",
                 )
         return None, ""
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        value = ipaddress.ip_address(text.strip("[]").split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(value, ipaddress.IPv6Address) and value.ipv4_mapped is not None:
+        return value.ipv4_mapped
+    return value
+
+
+def host_matches(host: str, address: str) -> bool:
+    """Whether the peer `address` is `host` (an allow-list entry's ``host``).
+
+    Parameters
+    ----------
+    host: str
+        An IP address (``10.0.0.7``, ``::1``) or a host name. A host name is
+        looked up (``getaddrinfo``) at each check, so DNS changes apply
+        without a restart; a name that does not resolve matches nothing.
+    address: str
+        The peer's IP address as the socket reports it (an IPv4-mapped IPv6
+        address counts as its IPv4 address).
+
+    Returns
+    -------
+    bool
+        Whether one of `host`'s addresses equals `address`.
+    """
+    peer = _ip(address)
+    if peer is None:
+        return host == address
+    literal = _ip(host)
+    if literal is not None:
+        return literal == peer
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        LOGGER.warning("allow-list host %r does not resolve: %s", host, exc)
+        return False
+    return any(_ip(str(info[4][0])) == peer for info in infos)
 
 
 class _AssociationStats:
@@ -439,17 +507,19 @@ class _AssociationStats:
         with self._lock:
             self._counts.setdefault(assoc, [0, 0, 0])[index] += 1
 
-    def pop_counts(self, assoc: Association) -> list[int]:
+    def counts(self, assoc: Association) -> list[int]:
+        # Not popped: the audit and the log both read them; the entry goes
+        # with the association object (weak key).
         with self._lock:
-            return self._counts.pop(assoc, [0, 0, 0])
+            return list(self._counts.get(assoc, [0, 0, 0]))
 
     def set_reason(self, assoc: Association, reason: str) -> None:
         with self._lock:
             self._reasons[assoc] = reason
 
-    def pop_reason(self, assoc: Association) -> str | None:
+    def reason(self, assoc: Association) -> str | None:
         with self._lock:
-            return self._reasons.pop(assoc, None)
+            return self._reasons.get(assoc)
 
 
 _STATS = _AssociationStats()
@@ -466,6 +536,30 @@ _DIAGNOSTIC_TEXT: dict[tuple[int, int], str] = {
 }
 
 
+def association_counts(assoc: Association) -> tuple[int, int, int]:
+    """C-STORE outcomes on `assoc` so far: (success, warning, refused).
+
+    Counted by :func:`handle_store`; all zero for an association it never served.
+    """
+    stored, warned, failed = _STATS.counts(assoc)
+    return stored, warned, failed
+
+
+def rejection_reason(assoc: Association) -> str:
+    """Why `assoc` was rejected, in words (no PHI).
+
+    The sentence of :meth:`AssociationPolicy.check` when the node's policy
+    rejected it, else the meaning of the A-ASSOCIATE-RJ source and reason
+    that pynetdicom sent (e.g. ``"local limit exceeded"``).
+    """
+    reason = _STATS.reason(assoc)
+    if reason is None:
+        primitive = assoc.acceptor.primitive
+        key = (getattr(primitive, "result_source", 0), getattr(primitive, "diagnostic", 0))
+        reason = _DIAGNOSTIC_TEXT.get(key, f"source {key[0]}, reason {key[1]}")
+    return reason
+
+
 def handle_association_request(event: Event, policy: AssociationPolicy) -> None:
     """Reject an association request that `policy` does not allow.
 
@@ -476,6 +570,11 @@ def handle_association_request(event: Event, policy: AssociationPolicy) -> None:
     *service-user* and reason *called-AE-title-not-recognized* (7) or
     *calling-AE-title-not-recognized* (3), triggers ``evt.EVT_REJECTED``
     and stops the association, as pynetdicom does for its own checks.
+    A request that pynetdicom could not negotiate
+    (:func:`pacs_node.request_checks.request_problem`: no DICOM application
+    context, no presentation context, one without abstract or transfer
+    syntax) is rejected first, with reason *no-reason-given* (1), or
+    *application-context-name-not-supported* (2).
 
     Parameters
     ----------
@@ -486,9 +585,18 @@ def handle_association_request(event: Event, policy: AssociationPolicy) -> None:
     """
     assoc = event.assoc
     primitive = assoc.requestor.primitive
-    called = str(getattr(primitive, "called_ae_title", "") or "")
-    calling = str(getattr(primitive, "calling_ae_title", "") or "")
-    reason, text = policy.check(called, calling, str(assoc.requestor.address))
+    problem = request_problem(primitive)
+    if problem is not None:
+        reason: RejectReasonValues | None = (
+            RejectReasonValues.APPLICATION_CONTEXT_NAME_NOT_SUPPORTED
+            if "application context" in problem
+            else RejectReasonValues.NO_REASON_GIVEN
+        )
+        text = f"malformed A-ASSOCIATE-RQ: {problem}"
+    else:
+        called = str(getattr(primitive, "called_ae_title", "") or "")
+        calling = str(getattr(primitive, "calling_ae_title", "") or "")
+        reason, text = policy.check(called, calling, str(assoc.requestor.address))
     if reason is None:
         return
     _STATS.set_reason(assoc, text)
@@ -505,10 +613,17 @@ def handle_association_accepted(event: Event) -> None:
     """
     calling_ae, address = _peer(event)
     assoc = event.assoc
+    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    if isinstance(sock, ssl.SSLSocket):
+        subject = peer_certificate_subject(sock)
+        certificate = f"client certificate {subject}" if subject else "no client certificate"
+        transport = f" over TLS ({certificate})"
+    else:
+        transport = ""
     LOGGER.info(
-        "association from AE %r at %s:%s accepted (%d presentation contexts accepted, "
+        "association from AE %r at %s:%s accepted%s (%d presentation contexts accepted, "
         "%d rejected)",
-        calling_ae, address, assoc.requestor.port,
+        calling_ae, address, assoc.requestor.port, transport,
         len(assoc.accepted_contexts), len(assoc.rejected_contexts),
     )
 
@@ -523,11 +638,7 @@ def handle_association_rejected(event: Event) -> None:
     """
     calling_ae, address = _peer(event)
     assoc = event.assoc
-    reason = _STATS.pop_reason(assoc)
-    if reason is None:
-        primitive = assoc.acceptor.primitive
-        key = (getattr(primitive, "result_source", 0), getattr(primitive, "diagnostic", 0))
-        reason = _DIAGNOSTIC_TEXT.get(key, f"source {key[0]}, reason {key[1]}")
+    reason = rejection_reason(assoc)
     LOGGER.info(
         "association from AE %r at %s:%s rejected: %s",
         calling_ae, address, assoc.requestor.port, reason,
@@ -541,7 +652,7 @@ def handle_association_closed(event: Event) -> None:
     ``event.assoc.requestor`` and the counts kept by :func:`handle_store`.
     """
     calling_ae, address = _peer(event)
-    stored, warned, failed = _STATS.pop_counts(event.assoc)
+    stored, warned, failed = association_counts(event.assoc)
     how = "released" if event.event is evt.EVT_RELEASED else "aborted"
     LOGGER.info(
         "association from AE %r at %s %s: %d instances stored, %d with warning, %d refused",

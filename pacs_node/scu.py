@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,7 @@ def parse_destination(text: str, *, name: str | None = None) -> Destination:
     Examples
     --------
     >>> parse_destination("PACS@10.0.0.5:104")
-    Destination(name='PACS', ae_title='PACS', host='10.0.0.5', port=104, objects=('seg', 'sr'))
+    Destination(name='PACS', ae_title='PACS', host='10.0.0.5', port=104, objects=('seg', 'sr'), tls=False)
     """
     if not isinstance(text, str):
         raise TypeError(f'Argument "text" should be a str, got {type(text).__name__}')
@@ -355,10 +356,25 @@ def _make_ae(calling_ae: str, timeouts: AssociationTimeouts) -> AE:
     return ae
 
 
+def _tls_args(
+    destination: Destination, tls_context: ssl.SSLContext | None
+) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom ``tls_args`` for `destination`: ``None`` unless ``destination.tls``.
+
+    Without a context (:func:`pacs_node.tls.client_context`) the system's
+    default CAs verify the peer. The host name (or IP address) of the
+    destination is the name its certificate must carry.
+    """
+    if not destination.tls:
+        return None
+    context = tls_context or ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    return context, destination.host.strip("[]")
+
+
 def _associate(
-    ae: AE, destination: Destination
+    ae: AE, destination: Destination, tls_context: ssl.SSLContext | None = None
 ) -> tuple[Association | None, str | None]:
-    """Request an association; return it, or ``None`` and why not."""
+    """Request an association (TLS if ``destination.tls``); return it, or ``None`` and why not."""
     opened: list[bool] = []
 
     def on_open(event: Event) -> None:
@@ -366,12 +382,16 @@ def _associate(
         handle_connection_open(event)
 
     peer = f"{destination.ae_title}@{destination.host}:{destination.port}"
+    tls_args = _tls_args(destination, tls_context)
+    if tls_args is not None:
+        peer += " (TLS)"
     try:
         assoc = ae.associate(
             destination.host,
             destination.port,
             ae_title=destination.ae_title,
             evt_handlers=[(evt.EVT_CONN_OPEN, on_open)],
+            tls_args=tls_args,
         )
     except OSError as exc:  # e.g. host name that does not resolve
         return None, f"cannot connect to {peer}: {exc}"
@@ -384,6 +404,11 @@ def _associate(
         reason = getattr(primitive, "reason_str", None) or ""
         return None, f"association rejected by {peer}: {reason} ({result}, {source})"
     if not opened:
+        if tls_args is not None:
+            return None, (
+                f"cannot connect to {peer} (connection refused, timed out or TLS handshake "
+                "failed: check the CA, the certificate's host name and the client certificate)"
+            )
         return None, f"cannot connect to {peer} (connection refused or timed out)"
     return None, f"association with {peer} aborted by the peer or timed out"
 
@@ -395,6 +420,7 @@ def send(
     calling_ae: str,
     timeouts: AssociationTimeouts | None = None,
     progress: Callable[[ItemOutcome], None] | None = None,
+    tls_context: ssl.SSLContext | None = None,
 ) -> SendReport:
     """C-STORE `items` to `destination` over one association, once.
 
@@ -412,6 +438,9 @@ def send(
         ``AssociationTimeouts()``.
     progress: Callable[[ItemOutcome], None] | None
         Called after each item (e.g. to advance a progress bar).
+    tls_context: ssl.SSLContext | None
+        Client TLS context for a destination with ``tls = true``
+        (:func:`pacs_node.tls.client_context`); ignored otherwise.
 
     Returns
     -------
@@ -470,7 +499,7 @@ def send(
             finish(item, None, item.error)
         return _report(destination, planned, outcomes, None)
 
-    assoc, association_error = _associate(ae, destination)
+    assoc, association_error = _associate(ae, destination, tls_context)
     if assoc is None:
         for item in planned:  # one summary line, not one per item
             finish(item, None, item.error or f"not sent: {association_error}", log=bool(item.error))
@@ -536,7 +565,13 @@ def _report(
     return report
 
 
-def echo(destination: Destination, calling_ae: str, timeout: float = 10.0) -> int:
+def echo(
+    destination: Destination,
+    calling_ae: str,
+    timeout: float = 10.0,
+    *,
+    tls_context: ssl.SSLContext | None = None,
+) -> int:
     """C-ECHO `destination` once (associate, echo, release).
 
     Parameters
@@ -547,6 +582,8 @@ def echo(destination: Destination, calling_ae: str, timeout: float = 10.0) -> in
         Our AE title.
     timeout: float
         Seconds for each step: connect, association, response. Default 10.
+    tls_context: ssl.SSLContext | None
+        Client TLS context when ``destination.tls``; ignored otherwise.
 
     Returns
     -------
@@ -565,7 +602,7 @@ def echo(destination: Destination, calling_ae: str, timeout: float = 10.0) -> in
         raise ValueError(f'Argument "timeout" should be a positive number, got {timeout!r}')
     ae = _make_ae(calling_ae, AssociationTimeouts(timeout, timeout, timeout, timeout))
     ae.add_requested_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc, error = _associate(ae, destination)
+    assoc, error = _associate(ae, destination, tls_context)
     if assoc is None:
         raise AssociationFailedError(error)
     try:

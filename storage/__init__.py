@@ -7,6 +7,14 @@ production; the schema is managed by the Alembic migrations shipped in
 
 import logging
 
+from storage.audit import (
+    AssociationRecord,
+    ResultSendRecord,
+    finish_association,
+    recent_associations,
+    recent_result_sends,
+    record_association,
+)
 from storage.db import (
     create_database_engine,
     current_revision,
@@ -35,7 +43,7 @@ from storage.exports import (
     update_job_export_state,
 )
 from storage.filestore import InstanceStore, ResultStore, StoredFile, UIDFileStore
-from storage.models import ExportStatus
+from storage.models import AssociationOutcome, ExportStatus
 from storage.records import (
     DueExport,
     ExportRecord,
@@ -75,6 +83,8 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
+    "AssociationOutcome",
+    "AssociationRecord",
     "DueExport",
     "ExportRecord",
     "ExportStateError",
@@ -92,6 +102,7 @@ __all__ = [
     "NotFoundError",
     "RecordedInstance",
     "RecoverySummary",
+    "ResultSendRecord",
     "ResultObjectRecord",
     "ResultObjectSpec",
     "ResultStore",
@@ -110,6 +121,7 @@ __all__ = [
     "due_exports",
     "due_jobs",
     "exports_for_job",
+    "finish_association",
     "get_engine",
     "get_job",
     "get_series",
@@ -121,6 +133,9 @@ __all__ = [
     "jobs_for_series",
     "latest_job_for_series",
     "make_session_factory",
+    "recent_associations",
+    "recent_result_sends",
+    "record_association",
     "record_export_attempt",
     "record_instance",
     "record_results",

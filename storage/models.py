@@ -6,6 +6,7 @@ Tables::
                   series 1--n jobs 1--n job_events    one trip through the node each
                                jobs 1--1 results       JSON summary of the model's output
                                jobs 1--n result_objects 1--n exports 1--n export_attempts
+    associations                 audit: every incoming connection/association (no PHI)
 
 DICOM columns carry a comment with the tag, keyword, VR, VM and whether the
 value is unique (``U``) or required (``R``), as in pynetdicom's qrscp. UIDs
@@ -48,6 +49,8 @@ from storage.states import JobState
 LOGGER = logging.getLogger(__name__)
 
 __all__ = [
+    "AssociationOutcome",
+    "AssociationRow",
     "Base",
     "ExportAttemptRow",
     "ExportRow",
@@ -112,6 +115,22 @@ class ExportStatus(str, enum.Enum):
     """The destination acknowledged the C-STORE with a success status."""
     FAILED = "failed"
     """Gave up after the retry policy's ``max_attempts``."""
+
+
+class AssociationOutcome(str, enum.Enum):
+    """How an incoming association ended (audit trail, :class:`AssociationRow`)."""
+
+    ACCEPTED = "accepted"
+    """Accepted and still open (or the node stopped before it ended)."""
+    RELEASED = "released"
+    """Accepted and released normally."""
+    ABORTED = "aborted"
+    """Aborted by either side, or the connection dropped, after the request."""
+    REJECTED = "rejected"
+    """A-ASSOCIATE-RJ sent (see ``reason``)."""
+    FAILED = "failed"
+    """The connection closed before an association request: TLS handshake
+    failed, timed out, or a port probe (see ``reason``)."""
 
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:
@@ -366,3 +385,45 @@ class ExportAttemptRow(Base):
     success: Mapped[bool | None] = mapped_column(Boolean, comment="NULL while in progress")
 
     export: Mapped[ExportRow] = relationship(back_populates="attempts")
+
+
+class AssociationRow(Base):
+    """Audit trail: one row per incoming connection to the SCP.
+
+    Written by :mod:`pacs_node.audit` when the association is accepted,
+    rejected or ends. Results sent are audited by ``export_attempts``.
+    Holds no patient data.
+    """
+
+    __tablename__ = "associations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    calling_ae_title: Mapped[str | None] = mapped_column(
+        String(16), comment="Calling AE Title of the A-ASSOCIATE-RQ | NULL: no request"
+    )
+    called_ae_title: Mapped[str | None] = mapped_column(
+        String(16), comment="Called AE Title of the A-ASSOCIATE-RQ | NULL: no request"
+    )
+    peer_address: Mapped[str] = mapped_column(String(64), comment="Peer IP address")
+    peer_port: Mapped[int | None] = mapped_column(Integer, comment="Peer TCP port")
+    tls: Mapped[bool] = mapped_column(Boolean, comment="Whether the connection used DICOM TLS")
+    tls_peer: Mapped[str | None] = mapped_column(
+        String(256), comment="Subject of the peer's verified TLS client certificate"
+    )
+    started_at: Mapped[datetime] = mapped_column(index=True, comment="Connection opened")
+    ended_at: Mapped[datetime | None] = mapped_column(comment="Connection or association ended")
+    outcome: Mapped[AssociationOutcome] = mapped_column(
+        _enum(AssociationOutcome, "association_outcome")
+    )
+    reason: Mapped[str | None] = mapped_column(
+        Text, comment="Why it was rejected, failed or aborted"
+    )
+    instances_stored: Mapped[int] = mapped_column(
+        default=0, comment="C-STORE requests answered with Success"
+    )
+    instances_warning: Mapped[int] = mapped_column(
+        default=0, comment="C-STORE requests answered with a Warning status"
+    )
+    instances_refused: Mapped[int] = mapped_column(
+        default=0, comment="C-STORE requests answered with a failure status"
+    )

@@ -14,6 +14,7 @@ __all__ = ["register", "COMMANDS"]
 COMMANDS: tuple[str, ...] = (
     "serve",
     "status",
+    "audit",
     "process",
     "echo",
     "send",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -92,6 +93,21 @@ def add_network_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def tls_context_for(settings: Settings, destination: Destination) -> ssl.SSLContext | None:
+    """Client TLS context for a configured destination with ``tls = true``, else ``None``.
+
+    Raises
+    ------
+    pacs_node.tls.TLSSetupError
+        If a ``[tls]`` file cannot be used (a ``ValueError``).
+    """
+    if not destination.tls:
+        return None
+    from pacs_node.tls import client_context
+
+    return client_context(settings.tls)
+
+
 def _label(destination: Destination, named: bool) -> str:
     peer = f"{destination.ae_title}@{destination.host}:{destination.port}"
     return f"{destination.name} ({peer})" if named else peer
@@ -130,7 +146,10 @@ def _echo_command(args: argparse.Namespace) -> int:
         label = _label(destination, named)
         start = time.perf_counter()
         try:
-            status = echo(destination, calling_ae, timeout)
+            status = echo(
+                destination, calling_ae, timeout,
+                tls_context=tls_context_for(settings, destination),
+            )
         except (AssociationFailedError, ValueError) as exc:
             elapsed = (time.perf_counter() - start) * 1000.0
             print(f"{label}: FAILED after {elapsed:.1f} ms: {exc}")

@@ -8,7 +8,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pacs_node.commands.echo import add_network_arguments, load_settings_or_exit, setup_logging
+from pacs_node.commands.echo import (
+    add_network_arguments,
+    load_settings_or_exit,
+    setup_logging,
+    tls_context_for,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -100,6 +105,11 @@ def _send_command(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         print(f"deepsc-node send: {exc}", file=sys.stderr)
         return 2
+    try:
+        tls_context = tls_context_for(settings, destination)
+    except ValueError as exc:
+        print(f"deepsc-node send: {exc}", file=sys.stderr)
+        return 2
     peer = f"{destination.ae_title}@{destination.host}:{destination.port}"
     if skipped:
         print(f"skipped {skipped} files that are not DICOM Part 10")
@@ -124,6 +134,7 @@ def _send_command(args: argparse.Namespace) -> int:
             calling_ae=args.calling_ae or settings.ae_title,
             timeouts=timeouts,
             progress=advance,
+            tls_context=tls_context,
         )
     print(
         f"sent {len(files)} files to {peer}: {report.delivered} delivered "
