@@ -14,10 +14,16 @@
        pending exports;
     4. removes temporary files left by interrupted writes;
     5. loads the model once (fails fast with :class:`NodeStartError` naming
-       the model directory and, for a manifest problem, the field);
+       the model directory and, for a manifest problem, the field), and
+       highdicom's tables of the standard
+       (:func:`pacs_node.results.warmup.load_standard_tables`);
     6. re-evaluates jobs left ``complete`` (selection rules);
     7. starts the Storage SCP (:mod:`pacs_node.ae`), then the series watcher,
-       ``Settings.workers`` workers and the exporter.
+       ``Settings.workers`` workers and the exporter. With ``[tls]``
+       settings the SCP speaks DICOM TLS and destinations with
+       ``tls = true`` are reached over TLS (:mod:`pacs_node.tls`); every
+       incoming connection is recorded in the ``associations`` audit table
+       (:mod:`pacs_node.audit`).
 :meth:`Node.stop`
     stops accepting associations and lets running ones finish, stops the
     watcher, lets each worker finish its current job within the timeout (a
@@ -46,10 +52,13 @@ from config import Settings
 from inference.errors import ManifestError, ModelLoadError
 from inference.manifest import Manifest
 from pacs_node.ae import ae_from_settings, start_scp, stop_scp
+from pacs_node.audit import AssociationAudit
 from pacs_node.errors import NodeError, NodeStartError
 from pacs_node.exporter import Exporter
 from pacs_node.processing import SeriesProcessor
+from pacs_node.tls import TLSSetupError, client_context, server_context
 from pacs_node.receiver import StorageReceiver, utc_now
+from pacs_node.results.warmup import load_standard_tables
 from pacs_node.watcher import SeriesWatcher
 from pacs_node.worker import DEFAULT_HEARTBEAT_INTERVAL, Worker, WorkerPool
 from storage import (
@@ -182,6 +191,16 @@ class Node:
             )
         except (ModelLoadError, ManifestError) as exc:
             raise NodeStartError(f"cannot load the model in {settings.model_dir}: {exc}") from exc
+        load_standard_tables()  # not while serving: it holds the GIL ~0.4 s
+        try:
+            scp_tls = server_context(settings.tls, handshake_timeout=settings.timeouts.acse)
+            scu_tls = (
+                client_context(settings.tls)
+                if any(d.tls for d in settings.destinations)
+                else None
+            )
+        except TLSSetupError as exc:
+            raise NodeStartError(f"cannot set up DICOM TLS: {exc}") from exc
         factory = self.session_factory
         self.exporter = Exporter(
             factory,
@@ -191,6 +210,7 @@ class Node:
             timeouts=settings.timeouts,
             policy=settings.export_retry,
             clock=self.clock,
+            tls_context=scu_tls,
         )
         processor = self.processor
         self.workers = WorkerPool(
@@ -222,7 +242,12 @@ class Node:
         self.receiver = StorageReceiver(self.instance_store, factory, clock=self.clock)
         try:
             self._server = start_scp(
-                ae_from_settings(settings), settings.bind_address, settings.port, self.receiver
+                ae_from_settings(settings),
+                settings.bind_address,
+                settings.port,
+                self.receiver,
+                ssl_context=scp_tls,
+                audit=AssociationAudit(factory, tls=scp_tls is not None, clock=self.clock),
             )
         except OSError as exc:
             raise NodeStartError(

@@ -12,6 +12,16 @@ SQLite (the default)
     at the start makes a second writer wait in the busy handler rather than
     fail with "database is locked" when it upgrades a read transaction.
     SAVEPOINTs work (the driver's own transaction handling is switched off).
+    A database file gets a pool of one connection
+    (:data:`SQLITE_POOL_SIZE`): since every transaction takes the write
+    lock, more connections add no concurrency, only waiting in SQLite's busy
+    handler, which sleeps up to 100 ms between tries and is unfair. Under 8
+    concurrent C-STORE associations that starved single threads for more
+    than a second (a C-ECHO took over 1 s; an association stalled past a
+    2 s quiet time and its series was processed in two parts). Threads now
+    queue for the connection in the pool and the next one wakes as soon as
+    it is returned (``pool_timeout`` = the busy timeout). Other processes
+    (``deepsc-node status``) still meet the busy handler.
 PostgreSQL (production)
     ``postgresql+psycopg2://...`` with ``pool_pre_ping``. Claiming jobs uses
     ``SELECT ... FOR UPDATE SKIP LOCKED``.
@@ -57,6 +67,10 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: Milliseconds an SQLite connection waits for a lock before failing.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
+#: Connections per SQLite database file and engine (see the module docstring).
+#: Override with ``create_database_engine(url, pool_size=..., max_overflow=...)``.
+SQLITE_POOL_SIZE = 1
+
 _ENGINES: dict[str, Engine] = {}
 _ENGINES_LOCK = threading.Lock()
 
@@ -96,6 +110,10 @@ def create_database_engine(url: str | URL, **kwargs: Any) -> Engine:
             kwargs.setdefault("poolclass", StaticPool)
         elif parsed.database:
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            if "poolclass" not in kwargs:
+                kwargs.setdefault("pool_size", SQLITE_POOL_SIZE)
+                kwargs.setdefault("max_overflow", 0)
+                kwargs.setdefault("pool_timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
         engine = create_engine(parsed, connect_args=connect_args, **kwargs)
         _configure_sqlite(engine, memory=_is_memory_sqlite(parsed))
     else:
