@@ -150,7 +150,9 @@ class AssociationAudit:
         calling, called = _titles(event.assoc)
         with connection.lock:
             if connection.row_id is None and not connection.ended:
-                connection.row_id = self._accepted_row(event, connection, calling, called)
+                connection.row_id = self._insert_row(
+                    event, connection, calling, called, AssociationOutcome.ACCEPTED
+                )
         assoc = event.assoc
         threading.Thread(
             # Not named after the association: pynetdicom finds its acceptors by
@@ -165,20 +167,29 @@ class AssociationAudit:
             final=False,
         )
 
-    def _accepted_row(
-        self, event: Event, connection: _Connection, calling: str | None, called: str | None
+    def _insert_row(
+        self,
+        event: Event,
+        connection: _Connection,
+        calling: str | None,
+        called: str | None,
+        outcome: AssociationOutcome,
     ) -> int | None:
+        """Insert the row of `connection`: open when accepted, ended when rejected."""
+        rejected = outcome is AssociationOutcome.REJECTED
         return self._write(
             lambda session: record_association(
                 session,
                 peer_address=connection.address,
                 peer_port=connection.port,
                 started_at=connection.started_at,
-                outcome=AssociationOutcome.ACCEPTED,
+                outcome=outcome,
                 calling_ae_title=calling,
                 called_ae_title=called,
                 tls=connection.tls,
                 tls_peer=peer_certificate_subject(_socket(event.assoc)),
+                ended_at=self.clock() if rejected else None,
+                reason=rejection_reason(event.assoc) if rejected else None,
             )
         )
 
@@ -189,7 +200,9 @@ class AssociationAudit:
         with connection.lock:
             connection.ended = True
             if connection.row_id is None:
-                connection.row_id = self._rejected_row(event, connection, calling, called)
+                connection.row_id = self._insert_row(
+                    event, connection, calling, called, AssociationOutcome.REJECTED
+                )
                 return
             # The connection-closed event (DUL thread) came first and wrote
             # the row as aborted: the rejection is what happened.
@@ -200,25 +213,6 @@ class AssociationAudit:
                     counts=(0, 0, 0), reason=reason,
                 ).id
             )
-
-    def _rejected_row(
-        self, event: Event, connection: _Connection, calling: str | None, called: str | None
-    ) -> int | None:
-        return self._write(
-            lambda session: record_association(
-                session,
-                peer_address=connection.address,
-                peer_port=connection.port,
-                started_at=connection.started_at,
-                outcome=AssociationOutcome.REJECTED,
-                calling_ae_title=calling,
-                called_ae_title=called,
-                tls=connection.tls,
-                tls_peer=peer_certificate_subject(_socket(event.assoc)),
-                ended_at=self.clock(),
-                reason=rejection_reason(event.assoc),
-            )
-        )
 
     def on_ended(self, event: Event) -> None:
         """``EVT_RELEASED`` / ``EVT_ABORTED``: end the row with the C-STORE counts."""

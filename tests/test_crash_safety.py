@@ -55,7 +55,7 @@ from storage import (
 from storage.jobs import RECOVERED_REASON
 from tests.dicom_proxy import DicomProxy
 from tests.e2e_fixtures import NodeProcess
-from tests.node_fixtures import write_chest_series
+from tests.node_fixtures import wait_until, write_chest_series
 from tests.peers import PEER_ENV, Orthanc, run_dcmtk
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -138,18 +138,6 @@ def job_outputs(
         return result_objects_for_job(session, job_id), exports_for_job(session, job_id)
 
 
-def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    """Poll `predicate` every 20 ms until it returns a truthy value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
 def wait_job_state(
     node: NodeProcess, series_uid: str, state: JobState, timeout: float
 ) -> JobRecord:
@@ -163,7 +151,7 @@ def wait_job_state(
                                  f"{node.log_tail()}")
         return None
 
-    return wait_for(reached, timeout, f"series {series_uid} {state.value}")
+    return wait_until(reached, timeout, f"series {series_uid} {state.value}", interval=0.02)
 
 
 def orthanc_results(orthanc: Orthanc, study_uid: str) -> dict[str, list[str]]:
@@ -404,8 +392,9 @@ def test_sigkill_after_the_destination_stored_but_before_the_node_recorded_it(
         node = make_node(tmp_path / "node", proxy.port)
         with running(node):
             storescu(node, files)
-            wait_for(lambda: len(orthanc_results(orthanc, study_uid).get("SR", [])) == 1
-                     and proxy.dropped_pdus >= 1, RESULT_TIMEOUT, "SEG and SR at Orthanc")
+            wait_until(lambda: len(orthanc_results(orthanc, study_uid).get("SR", [])) == 1
+                       and proxy.dropped_pdus >= 1, RESULT_TIMEOUT, "SEG and SR at Orthanc",
+                       interval=0.02)
             sigkill(node)
         job = only_job(node, series_uid)
         assert job.state is JobState.WRITTEN

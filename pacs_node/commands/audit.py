@@ -5,13 +5,13 @@ Read-only; safe while the node runs. Needs only the database settings.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from typing import Any
 
 from config.cli import add_settings_arguments, settings_from_args
 from config.errors import SettingsError
+from pacs_node.commands.status import iso_seconds, print_report
 
 LOGGER = logging.getLogger(__name__)
 
@@ -34,10 +34,6 @@ No patient data is shown. Exit status 0, or 1 when the database cannot be read.
 """
 
 OUTCOMES = ("accepted", "released", "aborted", "rejected", "failed")
-
-
-def _time(value: Any) -> str | None:
-    return None if value is None else value.isoformat(timespec="seconds")
 
 
 def collect_audit(
@@ -93,8 +89,8 @@ def collect_audit(
         "associations": [
             {
                 "id": a.id,
-                "started_at": _time(a.started_at),
-                "ended_at": _time(a.ended_at),
+                "started_at": iso_seconds(a.started_at),
+                "ended_at": iso_seconds(a.ended_at),
                 "outcome": a.outcome.value,
                 "calling_ae_title": a.calling_ae_title,
                 "called_ae_title": a.called_ae_title,
@@ -111,8 +107,8 @@ def collect_audit(
         ],
         "results_sent": [
             {
-                "started_at": _time(s.started_at),
-                "finished_at": _time(s.finished_at),
+                "started_at": iso_seconds(s.started_at),
+                "finished_at": iso_seconds(s.finished_at),
                 "destination": s.destination,
                 "kind": s.kind,
                 "sop_instance_uid": s.sop_instance_uid,
@@ -182,24 +178,11 @@ def audit(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"deepsc-node audit: invalid settings\n{exc}", file=sys.stderr)
         return 2
-    from sqlalchemy.exc import SQLAlchemyError
-
-    try:
-        data = collect_audit(settings.database_url, limit=args.limit, outcome=args.outcome)
-    except FileNotFoundError as exc:
-        print(f"deepsc-node audit: {exc}", file=sys.stderr)
-        return 1
-    except SQLAlchemyError as exc:
-        print(
-            f"deepsc-node audit: cannot read the database: {type(exc).__name__}: {exc}",
-            file=sys.stderr,
-        )
-        return 1
-    if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        sys.stdout.write(format_audit(data))
-    return 0
+    return print_report(
+        "audit",
+        lambda: collect_audit(settings.database_url, limit=args.limit, outcome=args.outcome),
+        format_audit, as_json=args.json,
+    )
 
 
 def register(subparsers: Any) -> None:

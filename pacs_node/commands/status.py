@@ -11,6 +11,7 @@ import logging
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from config.cli import add_settings_arguments, settings_from_args
@@ -18,7 +19,7 @@ from config.errors import SettingsError
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["collect_status", "format_status", "register", "status"]
+__all__ = ["collect_status", "format_status", "iso_seconds", "print_report", "register", "status"]
 
 EPILOG = """\
 examples:
@@ -34,8 +35,54 @@ the database cannot be read.
 """
 
 
-def _time(value: datetime | None) -> str | None:
+def iso_seconds(value: datetime | None) -> str | None:
+    """``value`` in ISO 8601 to the second, or None."""
     return None if value is None else value.isoformat(timespec="seconds")
+
+
+def print_report(
+    command: str,
+    collect: Callable[[], dict[str, Any]],
+    format_text: Callable[[dict[str, Any]], str],
+    as_json: bool,
+) -> int:
+    """Read a report from the node's database and print it as text or JSON.
+
+    Parameters
+    ----------
+    command: str
+        Command name for error messages (``status``, ``audit``).
+    collect: Callable[[], dict[str, Any]]
+        Reads the report; may raise ``FileNotFoundError`` (no database) or a
+        SQLAlchemy error.
+    format_text: Callable[[dict[str, Any]], str]
+        Renders the report as text.
+    as_json: bool
+        Print JSON instead of text.
+
+    Returns
+    -------
+    int
+        0, or 1 when the database cannot be read (the reason on stderr).
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        data = collect()
+    except FileNotFoundError as exc:
+        print(f"deepsc-node {command}: {exc}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        print(
+            f"deepsc-node {command}: cannot read the database: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        sys.stdout.write(format_text(data))
+    return 0
 
 
 def collect_status(database_url: str, limit: int = 20) -> dict[str, Any]:
@@ -103,11 +150,11 @@ def collect_status(database_url: str, limit: int = 20) -> dict[str, Any]:
                 "study_instance_uid": job.study_instance_uid,
                 "state": job.state.value,
                 "reason": job.reason,
-                "created_at": _time(job.created_at),
-                "updated_at": _time(job.updated_at),
-                "queued_at": _time(job.queued_at),
-                "started_at": _time(job.started_at),
-                "finished_at": _time(job.finished_at),
+                "created_at": iso_seconds(job.created_at),
+                "updated_at": iso_seconds(job.updated_at),
+                "queued_at": iso_seconds(job.queued_at),
+                "started_at": iso_seconds(job.started_at),
+                "finished_at": iso_seconds(job.finished_at),
                 "run_count": job.run_count,
             }
             for job in overview.recent_jobs
@@ -118,7 +165,7 @@ def collect_status(database_url: str, limit: int = 20) -> dict[str, Any]:
                 "export_id": record.id,
                 "destination": record.destination,
                 "attempt_count": record.attempt_count,
-                "next_attempt_at": _time(record.next_attempt_at),
+                "next_attempt_at": iso_seconds(record.next_attempt_at),
                 "last_error": record.last_error,
             }
             for record in pending
@@ -187,24 +234,10 @@ def status(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"deepsc-node status: invalid settings\n{exc}", file=sys.stderr)
         return 2
-    from sqlalchemy.exc import SQLAlchemyError
-
-    try:
-        data = collect_status(settings.database_url, limit=args.limit)
-    except FileNotFoundError as exc:
-        print(f"deepsc-node status: {exc}", file=sys.stderr)
-        return 1
-    except SQLAlchemyError as exc:
-        print(
-            f"deepsc-node status: cannot read the database: {type(exc).__name__}: {exc}",
-            file=sys.stderr,
-        )
-        return 1
-    if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        sys.stdout.write(format_status(data))
-    return 0
+    return print_report(
+        "status", lambda: collect_status(settings.database_url, limit=args.limit),
+        format_status, as_json=args.json,
+    )
 
 
 def register(subparsers: Any) -> None:
