@@ -35,7 +35,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pynetdicom import evt
 from sqlalchemy.exc import SQLAlchemyError
@@ -147,11 +147,10 @@ class AssociationAudit:
         association and ends a row still open as ``aborted``.
         """
         connection = self._connection(event.assoc)
-        calling, called = _titles(event.assoc)
         with connection.lock:
             if connection.row_id is None and not connection.ended:
                 connection.row_id = self._insert_row(
-                    event, connection, calling, called, AssociationOutcome.ACCEPTED
+                    event.assoc, connection, AssociationOutcome.ACCEPTED
                 )
         assoc = event.assoc
         threading.Thread(
@@ -169,14 +168,14 @@ class AssociationAudit:
 
     def _insert_row(
         self,
-        event: Event,
+        assoc: Association,
         connection: _Connection,
-        calling: str | None,
-        called: str | None,
         outcome: AssociationOutcome,
+        **ended: Any,
     ) -> int | None:
-        """Insert the row of `connection`: open when accepted, ended when rejected."""
-        rejected = outcome is AssociationOutcome.REJECTED
+        """Insert the row of `connection`; `ended` holds ``ended_at``, ``reason``
+        and ``counts`` for a row that is already over (rejected, aborted)."""
+        calling, called = _titles(assoc)
         return self._write(
             lambda session: record_association(
                 session,
@@ -187,21 +186,20 @@ class AssociationAudit:
                 calling_ae_title=calling,
                 called_ae_title=called,
                 tls=connection.tls,
-                tls_peer=peer_certificate_subject(_socket(event.assoc)),
-                ended_at=self.clock() if rejected else None,
-                reason=rejection_reason(event.assoc) if rejected else None,
+                tls_peer=peer_certificate_subject(_socket(assoc)),
+                **ended,
             )
         )
 
     def on_rejected(self, event: Event) -> None:
         """``EVT_REJECTED``: insert an ended ``rejected`` row with the reason."""
         connection = self._connection(event.assoc)
-        calling, called = _titles(event.assoc)
         with connection.lock:
             connection.ended = True
             if connection.row_id is None:
                 connection.row_id = self._insert_row(
-                    event, connection, calling, called, AssociationOutcome.REJECTED
+                    event.assoc, connection, AssociationOutcome.REJECTED,
+                    ended_at=self.clock(), reason=rejection_reason(event.assoc),
                 )
                 return
             # The connection-closed event (DUL thread) came first and wrote
@@ -295,21 +293,8 @@ class AssociationAudit:
         if connection.row_id is None:
             if already_ended:
                 return
-            calling, called = _titles(assoc)
-            connection.row_id = self._write(
-                lambda session: record_association(
-                    session,
-                    peer_address=connection.address,
-                    peer_port=connection.port,
-                    started_at=connection.started_at,
-                    outcome=outcome,
-                    calling_ae_title=calling,
-                    called_ae_title=called,
-                    tls=connection.tls,
-                    ended_at=now,
-                    reason=reason,
-                    counts=counts,
-                )
+            connection.row_id = self._insert_row(
+                assoc, connection, outcome, ended_at=now, reason=reason, counts=counts
             )
             return
         row_id = connection.row_id

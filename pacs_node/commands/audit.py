@@ -11,7 +11,7 @@ from typing import Any
 
 from config.cli import add_settings_arguments, settings_from_args
 from config.errors import SettingsError
-from pacs_node.commands.status import iso_seconds, print_report
+from pacs_node.commands.status import iso_seconds, open_existing_database, print_report
 
 LOGGER = logging.getLogger(__name__)
 
@@ -62,22 +62,13 @@ def collect_audit(
     sqlalchemy.exc.SQLAlchemyError
         If the database cannot be read.
     """
-    from pathlib import Path
-
-    from sqlalchemy.engine import make_url
-
     from storage import (
-        create_database_engine,
         make_session_factory,
         recent_associations,
         recent_result_sends,
     )
 
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        if not Path(url.database).is_file():
-            raise FileNotFoundError(f"no database at {url.database} (has the node run here?)")
-    engine = create_database_engine(url)
+    engine = open_existing_database(database_url)
     try:
         with make_session_factory(engine)() as session:
             associations = recent_associations(session, limit, outcome=outcome)
@@ -85,7 +76,7 @@ def collect_audit(
     finally:
         engine.dispose()
     return {
-        "database": url.render_as_string(hide_password=True),
+        "database": engine.url.render_as_string(hide_password=True),
         "associations": [
             {
                 "id": a.id,

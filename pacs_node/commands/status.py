@@ -12,14 +12,25 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config.cli import add_settings_arguments, settings_from_args
 from config.errors import SettingsError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from sqlalchemy.engine import Engine
+
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["collect_status", "format_status", "iso_seconds", "print_report", "register", "status"]
+__all__ = [
+    "collect_status",
+    "format_status",
+    "iso_seconds",
+    "open_existing_database",
+    "print_report",
+    "register",
+    "status",
+]
 
 EPILOG = """\
 examples:
@@ -38,6 +49,31 @@ the database cannot be read.
 def iso_seconds(value: datetime | None) -> str | None:
     """``value`` in ISO 8601 to the second, or None."""
     return None if value is None else value.isoformat(timespec="seconds")
+
+
+def open_existing_database(database_url: str) -> Engine:
+    """An engine for the node's database, which must exist already.
+
+    Parameters
+    ----------
+    database_url: str
+        SQLAlchemy URL of the node's database.
+
+    Raises
+    ------
+    FileNotFoundError
+        If an SQLite database file does not exist (the node never ran here):
+        a read-only report must not create an empty database.
+    """
+    from sqlalchemy.engine import make_url
+
+    from storage import create_database_engine
+
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        if not Path(url.database).is_file():
+            raise FileNotFoundError(f"no database at {url.database} (has the node run here?)")
+    return create_database_engine(url)
 
 
 def print_report(
@@ -109,22 +145,15 @@ def collect_status(database_url: str, limit: int = 20) -> dict[str, Any]:
     sqlalchemy.exc.SQLAlchemyError
         If the database cannot be read.
     """
-    from sqlalchemy.engine import make_url
-
     from storage import (
         ExportStatus,
-        create_database_engine,
         due_exports,
         exports_for_job,
         make_session_factory,
         status_overview,
     )
 
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        if not Path(url.database).is_file():
-            raise FileNotFoundError(f"no database at {url.database} (has the node run here?)")
-    engine = create_database_engine(url)
+    engine = open_existing_database(database_url)
     try:
         factory = make_session_factory(engine)
         with factory() as session:
@@ -140,7 +169,7 @@ def collect_status(database_url: str, limit: int = 20) -> dict[str, Any]:
     finally:
         engine.dispose()
     return {
-        "database": url.render_as_string(hide_password=True),
+        "database": engine.url.render_as_string(hide_password=True),
         "jobs": {state.value: count for state, count in overview.job_counts.items()},
         "exports": {status.value: count for status, count in overview.export_counts.items()},
         "recent_jobs": [
