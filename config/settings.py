@@ -47,6 +47,7 @@ from config.validators import (
     show,
     to_ae_title,
     to_bool,
+    to_float,
     to_host,
     to_int,
     to_log_level,
@@ -175,6 +176,7 @@ SCALAR_FIELDS: dict[str, Callable[[Any], Any]] = {
     "require_called_ae": to_bool,
     "destinations": _destinations,
     "quiet_time": positive_float,
+    "max_series_hold": lambda v: to_float(v, 0.0),
     "database_url": _database_url,
     "providers": _providers,
     "workers": lambda v: to_int(v, 1, 256),
@@ -223,6 +225,12 @@ class Settings:
     quiet_time: float
         Seconds without a new instance after which a series is complete.
         Default 30.
+    max_series_hold: float
+        Longest time in seconds a series is kept from completing, counted
+        from its last instance, while an association that delivered
+        instances of it is still open (a stalled sender). After it the
+        quiet timer alone decides, with a WARNING naming the series and the
+        association. ``0`` switches the hold off. Default 600.
     selection: SelectionRules
         Which series are processed.
     data_dir: Path
@@ -261,6 +269,7 @@ class Settings:
     require_called_ae: bool = True
     destinations: tuple[Destination, ...] = ()
     quiet_time: float = 30.0
+    max_series_hold: float = 600.0
     selection: SelectionRules = field(default_factory=SelectionRules)
     data_dir: Path = field(default_factory=default_data_dir)
     database_url: str = ""

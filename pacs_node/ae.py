@@ -72,6 +72,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from pynetdicom.events import Event
 
     from pacs_node.audit import AssociationAudit
+    from pacs_node.holds import SeriesHolds
 
 LOGGER = logging.getLogger(__name__)
 
@@ -317,6 +318,7 @@ def start_scp(
     *,
     ssl_context: ssl.SSLContext | None = None,
     audit: AssociationAudit | None = None,
+    holds: SeriesHolds | None = None,
 ) -> ThreadedAssociationServer:
     """Start listening in background threads; C-STOREs go to `receiver`.
 
@@ -346,6 +348,10 @@ def start_scp(
     audit: pacs_node.audit.AssociationAudit | None
         Records every connection in the database audit trail; ``None``:
         no audit (logs only).
+    holds: pacs_node.holds.SeriesHolds | None
+        Learns which open association delivered instances of which series
+        (C-STORE handler) and when associations end, for the series
+        watcher's ``max_series_hold``; ``None``: not tracked.
 
     Returns
     -------
@@ -383,9 +389,11 @@ def start_scp(
         handlers.append((evt.EVT_CONN_OPEN, handle_tls_handshake))
     if audit is not None:
         handlers.extend(audit.handlers())
+    if holds is not None:
+        handlers.extend(holds.handlers())
     handlers += [
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [receiver]),
+        (evt.EVT_C_STORE, handle_store, [receiver, holds]),
         (evt.EVT_REQUESTED, handle_association_request, [policy]),
         *LOGGING_HANDLERS,
     ]

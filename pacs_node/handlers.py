@@ -5,7 +5,7 @@ dependencies (see :func:`pacs_node.ae.start_scp`)::
 
     evt_handlers = [
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [receiver]),
+        (evt.EVT_C_STORE, handle_store, [receiver, holds]),
         (evt.EVT_REQUESTED, handle_association_request, [policy]),
         (evt.EVT_ACCEPTED, handle_association_accepted),
         (evt.EVT_REJECTED, handle_association_rejected),
@@ -41,6 +41,7 @@ from pynetdicom.dsutils import encode_file_meta
 from config import CallingAE
 from config.validators import to_ae_title
 from pacs_node.dataset_checks import PIXEL_DATA, inspect_encoding, pixel_data_problem
+from pacs_node.holds import SeriesHolds, association_label
 from pacs_node.receive import (
     DispositionValues,
     ReceivedInstance,
@@ -170,10 +171,10 @@ def handle_echo(event: Event) -> int:
     return int(VerificationStatus.SUCCESS)
 
 
-def handle_store(event: Event, receiver: Receiver) -> Dataset:
+def handle_store(event: Event, receiver: Receiver, holds: SeriesHolds | None = None) -> Dataset:
     """Validate one received instance and hand it to `receiver`.
 
-    Bind with ``(evt.EVT_C_STORE, handle_store, [receiver])``.
+    Bind with ``(evt.EVT_C_STORE, handle_store, [receiver, holds])``.
 
     **Event**
 
@@ -218,6 +219,10 @@ def handle_store(event: Event, receiver: Receiver) -> Dataset:
         The receiver raised anything else, or returned something that is
         not a :class:`~pacs_node.receive.ReceiveOutcome`.
 
+    After a success or warning status of the receiver, `holds` (if any)
+    learns that this association delivered an instance of the series
+    (:meth:`pacs_node.holds.SeriesHolds.delivered`).
+
     Every non-success status carries an Error Comment (0000,0902) of at
     most 64 characters without PHI. Each refusal is logged at WARNING with
     the calling AE and the sanitised series and instance UIDs; an
@@ -230,6 +235,8 @@ def handle_store(event: Event, receiver: Receiver) -> Dataset:
         The C-STORE request event.
     receiver: pacs_node.receive.Receiver
         Keeps the instance.
+    holds: pacs_node.holds.SeriesHolds | None
+        Open associations per series, for the series watcher.
 
     Returns
     -------
@@ -237,12 +244,12 @@ def handle_store(event: Event, receiver: Receiver) -> Dataset:
         Status (0000,0900), and Error Comment (0000,0902) / Offending
         Element (0000,0901) when not success.
     """
-    response = _store(event, receiver)
+    response = _store(event, receiver, holds)
     _STATS.count(event.assoc, int(response.Status))
     return response
 
 
-def _store(event: Event, receiver: Receiver) -> Dataset:
+def _store(event: Event, receiver: Receiver, holds: SeriesHolds | None) -> Dataset:
     """Body of :func:`handle_store`."""
     calling_ae, address = _peer(event)
     request = cast(C_STORE, event.request)
@@ -333,6 +340,9 @@ def _store(event: Event, receiver: Receiver) -> Dataset:
             type(receiver).__name__, type(outcome).__name__, instance_log,
         )
         return _status(StoreStatus.ERROR_UNHANDLED_EXCEPTION, "Internal error while storing")
+    if holds is not None and category(outcome.status) in ("Success", "Warning"):
+        label = association_label(calling_ae, address, event.assoc.requestor.port)
+        holds.delivered(event.assoc, instance.series_instance_uid, label)
     log = LOGGER.debug if category(outcome.status) == "Success" else LOGGER.warning
     log(
         "C-STORE from AE %r at %s: instance %s of series %s %s (0x%04X)",

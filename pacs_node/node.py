@@ -23,7 +23,10 @@
        settings the SCP speaks DICOM TLS and destinations with
        ``tls = true`` are reached over TLS (:mod:`pacs_node.tls`); every
        incoming connection is recorded in the ``associations`` audit table
-       (:mod:`pacs_node.audit`).
+       (:mod:`pacs_node.audit`). The SCP tells the watcher which open
+       associations delivered which series (:mod:`pacs_node.holds`): a
+       series is not completed while one is open, for at most
+       ``Settings.max_series_hold`` seconds.
 :meth:`Node.stop`
     stops accepting associations and lets running ones finish, stops the
     watcher, lets each worker finish its current job within the timeout (a
@@ -55,6 +58,7 @@ from pacs_node.ae import ae_from_settings, start_scp, stop_scp
 from pacs_node.audit import AssociationAudit
 from pacs_node.errors import NodeError, NodeStartError
 from pacs_node.exporter import Exporter
+from pacs_node.holds import SeriesHolds
 from pacs_node.processing import SeriesProcessor
 from pacs_node.tls import TLSSetupError, client_context, server_context
 from pacs_node.receiver import StorageReceiver, utc_now
@@ -135,6 +139,7 @@ class Node:
         self.processor: SeriesProcessor | None = None
         self.receiver: StorageReceiver | None = None
         self.watcher: SeriesWatcher | None = None
+        self.holds = SeriesHolds(clock=clock)
         self.workers: WorkerPool | None = None
         self.exporter: Exporter | None = None
         self.recovery: RecoverySummary | None = None
@@ -235,6 +240,8 @@ class Node:
             uid_root=settings.uid_root,
             clock=self.clock,
             on_queued=self._wake_workers,
+            holds=self.holds,
+            max_series_hold=settings.max_series_hold,
         )
         if self.recovery is not None:
             for job_id in self.recovery.to_evaluate:
@@ -248,6 +255,7 @@ class Node:
                 self.receiver,
                 ssl_context=scp_tls,
                 audit=AssociationAudit(factory, tls=scp_tls is not None, clock=self.clock),
+                holds=self.holds,
             )
         except OSError as exc:
             raise NodeStartError(

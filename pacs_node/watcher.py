@@ -31,6 +31,20 @@ Restart
     the first ``quiet_time`` seconds, so a PACS that sends the series again
     after the restart extends the same job instead of the partial series
     being processed at once and the rest making a second job and result.
+Open associations (``max_series_hold``)
+    With a :class:`pacs_node.holds.SeriesHolds`, a due series is not
+    completed while an association that delivered instances of it is still
+    open: a sender that stalls longer than ``quiet_time`` in the middle of a
+    series would otherwise have it processed in two parts. The hold lasts
+    at most ``max_series_hold`` seconds counted from the series' last
+    instance; after that the quiet timer alone decides, and a WARNING names
+    the series and the association. When the association ends (release,
+    abort, closed connection), the quiet timer runs from the later of the
+    last instance and that end: a release usually comes right after the
+    last instance, so the series completes ``quiet_time`` after it, and a
+    sender that goes on with the same series in a new association (DICOM
+    allows a series over several associations) still has a quiet time to
+    start it.
 """
 from __future__ import annotations
 
@@ -43,6 +57,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config import SelectionRules
 from inference.errors import VolumeError
+from pacs_node.holds import SeriesHold, SeriesHolds
 from pacs_node.loops import PollingLoop, poll_interval_for
 from pacs_node.receiver import utc_now
 from pacs_node.selection import Selection, read_headers, select_series
@@ -51,6 +66,7 @@ from storage import (
     InstanceStore,
     JobRecord,
     JobState,
+    SeriesRecord,
     due_jobs,
     get_job,
     get_series,
@@ -85,11 +101,18 @@ class SeriesWatcher(PollingLoop):
         Called when at least one job was queued (e.g. to wake the workers).
     interval: float | None
         Poll period; default :func:`pacs_node.loops.poll_interval_for`.
+    holds: pacs_node.holds.SeriesHolds | None
+        Open associations per series (see the module docstring); ``None``:
+        the quiet timer alone decides.
+    max_series_hold: float
+        Longest hold by an open association, in seconds from the series'
+        last instance (``Settings.max_series_hold``). Default 600. ``0``
+        switches holds off, the one after an association's end included.
 
     Raises
     ------
     ValueError
-        If `quiet_time` is not positive.
+        If `quiet_time` is not positive or `max_series_hold` is negative.
     """
 
     def __init__(
@@ -103,9 +126,15 @@ class SeriesWatcher(PollingLoop):
         clock: Callable[[], datetime] = utc_now,
         on_queued: Callable[[], None] | None = None,
         interval: float | None = None,
+        holds: SeriesHolds | None = None,
+        max_series_hold: float = 600.0,
     ) -> None:
         if not isinstance(quiet_time, (int, float)) or not quiet_time > 0:
             raise ValueError(f'Argument "quiet_time" should be > 0 seconds, got {quiet_time!r}')
+        if not isinstance(max_series_hold, (int, float)) or not max_series_hold >= 0:
+            raise ValueError(
+                f'Argument "max_series_hold" should be >= 0 seconds, got {max_series_hold!r}'
+            )
         super().__init__(
             "deepsc-watcher", interval if interval is not None else poll_interval_for(quiet_time)
         )
@@ -116,7 +145,10 @@ class SeriesWatcher(PollingLoop):
         self.uid_root = uid_root
         self.clock = clock
         self.on_queued = on_queued
+        self.holds = holds
+        self.max_series_hold = float(max_series_hold)
         self.not_before: datetime | None = None
+        self._held: set[str] = set()  # series whose hold was logged
 
     def start(self) -> None:
         """Start the thread; no series is completed in the first ``quiet_time`` seconds.
@@ -142,22 +174,31 @@ class SeriesWatcher(PollingLoop):
             return 0
         with self.session_factory.begin() as session:
             now = self.clock()
+            if self.holds is not None:
+                self.holds.prune(now - timedelta(seconds=self.quiet_time))
             completed = []
+            held: set[str] = set()
             for job in due_jobs(session, now, self.quiet_time):
-                count = get_series(session, job.series_instance_uid).instance_count
+                series = get_series(session, job.series_instance_uid)
+                reason = f"quiet for {self.quiet_time:g} s, {series.instance_count} instance(s)"
+                note = self._hold_note(job, series, now)
+                if note is None:
+                    held.add(job.series_instance_uid)
+                    continue
                 try:
                     completed.append(
                         transition_job(
                             session,
                             job.id,
                             JobState.COMPLETE,
-                            f"quiet for {self.quiet_time:g} s, {count} instance(s)",
+                            reason + note,
                             now=now,
                             expected_state=JobState.RECEIVED,
                         )
                     )
                 except IllegalTransitionError:
                     LOGGER.debug("job %d changed state while completing; skipped", job.id)
+            self._held = held
         queued = 0
         for job in completed:
             LOGGER.info("job %d (series %s): complete", job.id, job.series_instance_uid)
@@ -167,6 +208,36 @@ class SeriesWatcher(PollingLoop):
         if queued and self.on_queued is not None:
             self.on_queued()
         return len(completed)
+
+    def _hold_note(self, job: JobRecord, series: SeriesRecord, now: datetime) -> str | None:
+        """``None`` to hold a due job back, else a note for its completion reason.
+
+        See "Open associations" in the module docstring.
+        """
+        if self.holds is None or self.max_series_hold == 0:
+            return ""
+        uid = job.series_instance_uid
+        hold: SeriesHold = self.holds.hold(uid)
+        quiet = (now - series.last_received_at).total_seconds()
+        if hold.is_open and self.max_series_hold > 0:
+            names = ", ".join(hold.open_associations)
+            if quiet < self.max_series_hold:
+                if uid not in self._held:
+                    LOGGER.info(
+                        "job %d (series %s): quiet for %.1f s but association %s that "
+                        "delivered it is still open; not completed yet (at most %g s)",
+                        job.id, uid, quiet, names, self.max_series_hold,
+                    )
+                return None
+            LOGGER.warning(
+                "job %d (series %s): association %s that delivered it still open after %.1f s "
+                "without an instance (max_series_hold %g s); completing on the quiet timer",
+                job.id, uid, names, quiet, self.max_series_hold,
+            )
+            return f"; association still open after max_series_hold {self.max_series_hold:g} s"
+        if hold.ended_at is not None and now - hold.ended_at < timedelta(seconds=self.quiet_time):
+            return None
+        return ""
 
     def evaluate(self, job_id: int) -> JobRecord | None:
         """Apply the selection rules to a ``complete`` job: ``queued`` or ``rejected``.
