@@ -112,6 +112,54 @@ def _insert_ignore(session: Session, model: type[Any], values: dict[str, Any], k
             session.execute(insert(model).values(values))
 
 
+def _insert_study(
+    session: Session, instance: InstanceAttributes, now: datetime, query: Any
+) -> StudyRow:
+    """INSERT the study row of `instance` (race-free) and return it."""
+    _insert_ignore(
+        session,
+        StudyRow,
+        {
+            "study_instance_uid": instance.study_instance_uid,
+            "patient_id": _clip(instance.patient_id, 64),
+            "patient_name": _clip(instance.patient_name, 324),
+            "study_date": _clip(instance.study_date, 8),
+            "accession_number": _clip(instance.accession_number, 16),
+            "study_description": _clip(instance.study_description, 64),
+            "created_at": now,
+            "updated_at": now,
+        },
+        "study_instance_uid",
+    )
+    row: StudyRow = session.scalars(query).one()
+    return row
+
+
+def _insert_series(
+    session: Session, instance: InstanceAttributes, now: datetime, study: StudyRow, query: Any
+) -> SeriesRow:
+    """INSERT the series row of `instance` (race-free) and return it, locked."""
+    _insert_ignore(
+        session,
+        SeriesRow,
+        {
+            "study_id": study.id,
+            "series_instance_uid": instance.series_instance_uid,
+            "modality": _clip(instance.modality, 16),
+            "series_description": _clip(instance.series_description, 64),
+            "series_number": instance.series_number,
+            "frame_of_reference_uid": instance.frame_of_reference_uid,
+            "instance_count": 0,
+            "first_received_at": now,
+            "last_received_at": now,
+            "calling_ae_title": _clip(instance.calling_ae_title, 16),
+        },
+        "series_instance_uid",
+    )
+    row: SeriesRow = session.scalars(query).one()
+    return row
+
+
 def _new_job(session: Session, series: SeriesRow, now: datetime, reason: str) -> JobRow:
     job = JobRow(
         series_id=series.id,
@@ -164,48 +212,25 @@ def record_instance(
             f'Argument "instance" should be InstanceAttributes, got {type(instance).__name__}'
         )
     check_now(now)
-    _insert_ignore(
-        session,
-        StudyRow,
-        {
-            "study_instance_uid": instance.study_instance_uid,
-            "patient_id": _clip(instance.patient_id, 64),
-            "patient_name": _clip(instance.patient_name, 324),
-            "study_date": _clip(instance.study_date, 8),
-            "accession_number": _clip(instance.accession_number, 16),
-            "study_description": _clip(instance.study_description, 64),
-            "created_at": now,
-            "updated_at": now,
-        },
-        "study_instance_uid",
+    # Study and series rows exist for every instance but a series' first:
+    # look them up first and INSERT only when missing (each INSERT ... ON
+    # CONFLICT DO NOTHING cost about 1 ms of SQLAlchemy per instance; issue 6).
+    study_query = select(StudyRow).where(
+        StudyRow.study_instance_uid == instance.study_instance_uid
     )
-    study = session.scalars(
-        select(StudyRow).where(StudyRow.study_instance_uid == instance.study_instance_uid)
-    ).one()
-    _insert_ignore(
-        session,
-        SeriesRow,
-        {
-            "study_id": study.id,
-            "series_instance_uid": instance.series_instance_uid,
-            "modality": _clip(instance.modality, 16),
-            "series_description": _clip(instance.series_description, 64),
-            "series_number": instance.series_number,
-            "frame_of_reference_uid": instance.frame_of_reference_uid,
-            "instance_count": 0,
-            "first_received_at": now,
-            "last_received_at": now,
-            "calling_ae_title": _clip(instance.calling_ae_title, 16),
-        },
-        "series_instance_uid",
-    )
-    # Lock the series: instances of one series are recorded one at a time.
-    series = session.scalars(
+    series_query = (
         select(SeriesRow)
         .where(SeriesRow.series_instance_uid == instance.series_instance_uid)
         .with_for_update()
         .execution_options(populate_existing=True)
-    ).one()
+    )
+    study = session.scalars(study_query).one_or_none()
+    if study is None:
+        study = _insert_study(session, instance, now, study_query)
+    # Lock the series: instances of one series are recorded one at a time.
+    series = session.scalars(series_query).one_or_none()
+    if series is None:
+        series = _insert_series(session, instance, now, study, series_query)
     if series.study_id != study.id:
         LOGGER.warning(
             "series %s already belongs to another study than %s; keeping the first",
