@@ -130,7 +130,7 @@ def profile_ops(model_dir: Path, threads: int, repeat: int) -> list[tuple[str, f
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             per_op[event["args"]["op_name"]] += event["dur"] / 1e3 / repeat
-    return per_op.most_common()
+    return [(op, float(ms)) for op, ms in per_op.most_common()]
 
 
 def main() -> int:
