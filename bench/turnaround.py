@@ -14,6 +14,11 @@ stored in Orthanc. The node's database gives the breakdown:
 * ``write + record``: the rest of the worker's time (files and rows);
 * ``send``: written -> SEG and SR acknowledged by Orthanc (exporter).
 
+The same phantom first goes through a node running ``--baseline-rev`` (the
+code before issue 6, extracted with ``git archive``), then through a node
+running the working tree, each with its own Orthanc; both breakdowns, the
+ratio and the target (<= 10 s) are printed.
+
 Usage::
 
     python bench/turnaround.py                 # 300 x 512 x 512
@@ -24,9 +29,12 @@ Research use only, not for diagnosis.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -45,16 +53,116 @@ from storage import (  # noqa: E402
     make_session_factory,
     result_summary,
 )
+from tests import e2e_fixtures  # noqa: E402
 from tests.e2e_fixtures import NodeProcess  # noqa: E402
 from tests.peers import Orthanc  # noqa: E402
+
+
+#: The commit before issue 6: the baseline the figures are compared with.
+BASELINE_REV = "b6fdf47"
 
 
 def _seconds(later: datetime, earlier: datetime) -> float:
     return (later - earlier).total_seconds()
 
 
+#: Issue 6, item 2: last instance -> SEG and SR stored, quiet timer excluded.
+TARGET_S = 10.0
+STAGES = ["read", "volume", "preprocess", "inference", "postprocess", "analysis", "encode"]
+
+
+def _extract(rev: str, folder: Path) -> Path:
+    """The tree of git revision ``rev`` (``git archive``), e.g. the code before issue 6."""
+    archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", rev],
+                             capture_output=True, check=True).stdout
+    folder.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
+@contextlib.contextmanager
+def _running(node: NodeProcess, code_root: Path) -> Iterator[NodeProcess]:
+    """Start ``node`` on the code in ``code_root`` and stop it on exit.
+
+    NodeProcess runs ``python -m pacs_node`` in ``e2e_fixtures.REPO_ROOT``;
+    it is pointed at ``code_root`` while the process starts.
+    """
+    saved_root = e2e_fixtures.REPO_ROOT
+    try:
+        e2e_fixtures.REPO_ROOT = code_root
+        try:
+            node.start()
+        finally:
+            e2e_fixtures.REPO_ROOT = saved_root
+        yield node
+    finally:
+        node.stop()
+
+
+def measure(
+    files: list[Path], header: pydicom.Dataset, workdir: Path, code_root: Path,
+    args: argparse.Namespace,
+) -> tuple[float, list[tuple[str, float]], dict[str, object]]:
+    """One run: Orthanc sends the series to a node running the code in ``code_root``.
+
+    Returns the turnaround (last instance -> exported, quiet timer excluded),
+    the breakdown rows and the result summary.
+    """
+    with Orthanc(workdir / "orthanc") as orthanc:
+        destination = Destination(
+            name="pacs", ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port
+        )
+        settings: dict[str, object] = {"quiet_time": args.quiet_time}
+        if args.model_dir:
+            settings["model_dir"] = str(Path(args.model_dir).resolve())
+        node = NodeProcess(workdir / "node", destinations=[destination], settings=settings)
+        with _running(node, code_root):
+            orthanc.add_modality("deepsc", node.ae_title, "127.0.0.1", node.port)
+            orthanc.upload(files)
+            (series_id,) = [
+                s["ID"] for s in orthanc.find_series(header.StudyInstanceUID)
+                if s["MainDicomTags"]["Modality"] == "CT"
+            ]
+            started = time.monotonic()
+            orthanc.send_to_modality("deepsc", [series_id])
+
+            def arrived() -> bool:
+                found = orthanc.series_modalities(header.StudyInstanceUID)
+                return bool(found.get("SEG")) and bool(found.get("SR"))
+
+            orthanc.wait_for(arrived, args.timeout, interval=0.1, what="SEG and SR")
+            done = time.monotonic()
+            time.sleep(1.0)  # let the node record the export
+            engine = create_database_engine(node.database_url)
+            with make_session_factory(engine)() as session:
+                series = get_series(session, header.SeriesInstanceUID)
+                (job,) = jobs_for_series(session, header.SeriesInstanceUID)
+                events = {e.to_state.value: e.at for e in job_events(session, job.id)}
+                summary = result_summary(session, job.id) or {}
+            engine.dispose()
+    timings = summary.get("timings_s", {})
+    assert isinstance(timings, dict)
+    worker = _seconds(events["written"], events["running"])
+    rows = [
+        ("Orthanc send call -> SEG and SR in Orthanc", done - started),
+        ("transfer (first -> last instance at the node)",
+         _seconds(series.last_received_at, series.first_received_at)),
+        ("quiet timer (last instance -> complete)",
+         _seconds(events["complete"], series.last_received_at)),
+        ("queue (complete -> running)", _seconds(events["running"], events["complete"])),
+        *[(f"  {name}", float(timings.get(name, 0.0))) for name in STAGES],
+        ("  write + record", worker - sum(float(timings.get(n, 0.0)) for n in STAGES)),
+        ("worker total (running -> written)", worker),
+        ("send (written -> exported)", _seconds(events["exported"], events["written"])),
+    ]
+    turnaround = _seconds(events["exported"], series.last_received_at) - _seconds(
+        events["complete"], series.last_received_at
+    )
+    return turnaround, rows, summary
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark once and print the breakdown."""
+    """Run the baseline revision and the working tree on one phantom; print both."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--matrix", type=int, default=512)
@@ -63,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=300)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--model-dir", default=None, help="default: the bundled model")
+    parser.add_argument("--baseline-rev", default=BASELINE_REV,
+                        help=f"git revision run first as the baseline (default {BASELINE_REV}, "
+                        "the code before issue 6); 'none' skips it")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="deepsc-turnaround-") as tmp:
@@ -75,63 +186,27 @@ def main(argv: list[str] | None = None) -> int:
         header = pydicom.dcmread(files[0], stop_before_pixels=True)
         print(f"phantom: {len(files)} slices of {header.Rows}x{header.Columns}, "
               f"{phantom.hu.nbytes / 1e6:.0f} MB of pixels")
-        with Orthanc(workdir / "orthanc") as orthanc:
-            destination = Destination(
-                name="pacs", ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port
+        del phantom
+        runs: dict[str, tuple[float, list[tuple[str, float]], dict[str, object]]] = {}
+        if args.baseline_rev != "none":
+            root = _extract(args.baseline_rev, workdir / "baseline-code")
+            runs[f"baseline {args.baseline_rev}"] = measure(
+                files, header, workdir / "baseline", root, args
             )
-            settings: dict[str, object] = {"quiet_time": args.quiet_time}
-            if args.model_dir:
-                settings["model_dir"] = str(Path(args.model_dir).resolve())
-            node = NodeProcess(workdir / "node", destinations=[destination], settings=settings)
-            with node:
-                orthanc.add_modality("deepsc", node.ae_title, "127.0.0.1", node.port)
-                orthanc.upload(files)
-                (series_id,) = [
-                    s["ID"] for s in orthanc.find_series(header.StudyInstanceUID)
-                    if s["MainDicomTags"]["Modality"] == "CT"
-                ]
-                started = time.monotonic()
-                orthanc.send_to_modality("deepsc", [series_id])
-                sent = time.monotonic()
-
-                def arrived() -> bool:
-                    found = orthanc.series_modalities(header.StudyInstanceUID)
-                    return bool(found.get("SEG")) and bool(found.get("SR"))
-
-                orthanc.wait_for(arrived, args.timeout, interval=0.1, what="SEG and SR")
-                done = time.monotonic()
-                time.sleep(1.0)  # let the node record the export
-                engine = create_database_engine(node.database_url)
-                with make_session_factory(engine)() as session:
-                    series = get_series(session, header.SeriesInstanceUID)
-                    (job,) = jobs_for_series(session, header.SeriesInstanceUID)
-                    events = {e.to_state.value: e.at for e in job_events(session, job.id)}
-                    summary = result_summary(session, job.id) or {}
-                engine.dispose()
-        timings = summary.get("timings_s", {})
-        worker = _seconds(events["written"], events["running"])
-        stages = ["read", "volume", "preprocess", "inference", "postprocess", "analysis", "encode"]
-        rows = [
-            ("transfer (first -> last instance at the node)",
-             _seconds(series.last_received_at, series.first_received_at)),
-            ("quiet timer (last instance -> complete)",
-             _seconds(events["complete"], series.last_received_at)),
-            ("queue (complete -> running)", _seconds(events["running"], events["complete"])),
-            *[(f"  {name}", float(timings.get(name, 0.0))) for name in stages],
-            ("  write + record", worker - sum(float(timings.get(n, 0.0)) for n in stages)),
-            ("worker total (running -> written)", worker),
-            ("send (written -> exported)", _seconds(events["exported"], events["written"])),
-        ]
-        print(f"Orthanc REST send call returned after {sent - started:.2f} s")
-        print(f"Orthanc send -> SEG and SR in Orthanc: {done - started:.2f} s")
-        turnaround = _seconds(events["exported"], series.last_received_at) - _seconds(
-            events["complete"], series.last_received_at
-        )
-        print(f"last instance -> results exported, quiet timer excluded: {turnaround:.2f} s")
-        for name, value in rows:
-            print(f"  {name:<48} {value:8.2f} s")
-        print(f"predicted class: {summary.get('predicted_class')}, provider: {summary.get('provider')}")
-    return 0
+        runs["node (working tree)"] = measure(files, header, workdir / "node-run", REPO_ROOT, args)
+    names = list(runs)
+    print(f"{'stage':<50}" + "".join(f"{name[:22]:>24}" for name in names))
+    for index, (label, _) in enumerate(runs[names[-1]][1]):
+        print(f"  {label:<48}" + "".join(f"{runs[n][1][index][1]:22.2f} s" for n in names))
+    print(f"  {'last instance -> exported, quiet timer excluded':<48}"
+          + "".join(f"{runs[n][0]:22.2f} s" for n in names))
+    turnaround, _, summary = runs[names[-1]]
+    if len(names) > 1:
+        print(f"ratio node / baseline (turnaround): {turnaround / runs[names[0]][0]:.2f}")
+    print(f"target: last instance -> SEG and SR stored, quiet timer excluded, <= {TARGET_S:g} s: "
+          f"{'met' if turnaround <= TARGET_S else 'NOT met'} ({turnaround:.2f} s)")
+    print(f"predicted class: {summary.get('predicted_class')}, provider: {summary.get('provider')}")
+    return 0 if turnaround <= TARGET_S else 1
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ voxel lies outside the lungs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,6 +154,13 @@ def _fold(block: np.ndarray, factor: int, axis: int, combine: np.ufunc) -> np.nd
     return out
 
 
+def _labels_in(labels: np.ndarray, count: int, keep: Iterable[int]) -> np.ndarray:
+    """``np.isin(labels, keep)`` for labels ``0..count``, by a lookup table (no sort)."""
+    table = np.zeros(count + 1, dtype=bool)
+    table[np.fromiter(keep, dtype=np.intp)] = True
+    return table[labels]
+
+
 @dataclass(frozen=True)
 class _CoarseGrid:
     """Blocks of ``factors`` source voxels; ``maps[a][n]`` = block of index ``n``."""
@@ -196,15 +204,17 @@ class _CoarseGrid:
         step = fk * max(1, CHUNK_SLICES // fk)
         for start in range(0, n_k, step):
             block = array[start : start + step]
-            if clip is not None:
-                block = np.clip(block, clip[0], clip[1], dtype=np.float32)
             pad = (
                 (0, -(-block.shape[0] // fk) * fk - block.shape[0]),
                 (0, ci * fi - n_i),
                 (0, cj * fj - n_j),
             )
+            # Edge padding commutes with clipping: pad the (int16) source
+            # first, then clip into the float32 copy that is needed anyway.
             if any(p[1] for p in pad):
                 block = np.pad(block, pad, mode="edge")
+            if clip is not None:
+                block = np.clip(block, clip[0], clip[1], dtype=np.float32)
             if how == "mean" and block.dtype != np.float32:
                 block = block.astype(np.float32)
             for axis, factor in enumerate(self.factors):
@@ -239,7 +249,7 @@ def _border_connected(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
         return np.zeros(mask.shape, dtype=bool)
     edges = (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1])
     border = np.unique(np.concatenate([edge.ravel() for edge in edges]))
-    return np.isin(labels, border[border > 0])
+    return _labels_in(labels, count, border[border > 0].tolist())
 
 
 def _outside_air(air: np.ndarray) -> np.ndarray:
@@ -274,7 +284,7 @@ def _aerated_lungs(candidates: np.ndarray, voxel_ml: float) -> np.ndarray:
         second = sizes[order[1]]
         if second >= MIN_LUNG_ML and second >= SECOND_LUNG_FRACTION * sizes[order[0]]:
             keep.append(int(order[1]) + 1)
-    return np.isin(labels, keep) if keep else np.zeros(candidates.shape, dtype=bool)
+    return _labels_in(labels, count, keep) if keep else np.zeros(candidates.shape, dtype=bool)
 
 
 def _seed_sides(seeds: np.ndarray, geometry: Geometry) -> np.ndarray | None:
@@ -400,7 +410,7 @@ def _coarse_lungs(
             keep = {int(n) for n in touching if n > 0}
             keep |= {n for n in range(1, count + 1) if sizes[n] >= DETACHED_LESION_ML}
             if keep:
-                region |= np.isin(labels, sorted(keep))
+                region |= _labels_in(labels, count, keep)
         del labels, lesion_coarse
     del aerated
     region = _fill_holes_slicewise(region)
@@ -491,13 +501,23 @@ def extract_lungs(
     near, interior = coarse
 
     dropped = 0
-    n_k, n_i, n_j = geometry.shape
+    n_k = geometry.shape[0]
     lesions = _own(lesion_mask, overwrite_lesion_mask, geometry)
     if lesion_mask is not None:
+        near_lung = near > 0
         for k in range(0, n_k, CHUNK_SLICES):
-            whole = (slice(k, min(k + CHUNK_SLICES, n_k)), slice(0, n_i), slice(0, n_j))
-            if lesions[whole].any():
-                lesions[whole] &= grid.expand(near, whole) > 0
+            chunk = lesions[k : k + CHUNK_SLICES]
+            if not chunk.any():
+                continue
+            # Only the chunk's lesion box: outside it the mask is False already.
+            rows = np.flatnonzero(chunk.any(axis=(0, 2)))
+            columns = np.flatnonzero(chunk.any(axis=(0, 1)))
+            sub = (
+                slice(k, k + chunk.shape[0]),
+                slice(int(rows[0]), int(rows[-1]) + 1),
+                slice(int(columns[0]), int(columns[-1]) + 1),
+            )
+            lesions[sub] &= grid.expand(near_lung, sub)
         dropped = drop_small_components(lesions, geometry, min_lesion_volume_ml)
     lungs = np.zeros(geometry.shape, dtype=np.uint8)
     box = grid.source_box(near > 0) or (slice(0, 0), slice(0, 0), slice(0, 0))
@@ -506,15 +526,14 @@ def extract_lungs(
         for k in range(box[0].start, box[0].stop, CHUNK_SLICES)
     ]
     for sub in chunks:
-        side_block = grid.expand(near, sub)
         lungish = grid.expand(interior, sub)
         if lung_candidate is not None:
             lungish |= lung_candidate[sub]
         else:
             lungish |= hu[sub] < LUNG_AIR_HU
         lungish |= lesions[sub]
-        side_block[~lungish] = 0
-        lungs[sub] = side_block
+        # side * lungish: a multiply instead of a boolean-mask assignment.
+        np.multiply(grid.expand(near, sub), lungish, out=lungs[sub])
     return PostprocessResult(
         lesion_mask=lesions, lung_mask=lungs, lung_source=source, dropped_components=dropped
     )

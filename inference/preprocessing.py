@@ -285,6 +285,12 @@ def _weights_to(input_geometry: Geometry, output_geometry: Geometry) -> list[np.
     return weights
 
 
+#: Margin below the threshold under which :func:`to_source_grid` skips a
+#: chunk whose model values cannot reach the threshold (float32 rounding of
+#: a convex combination is ~1e-7).
+SKIP_MARGIN = 1e-4
+
+
 def to_source_grid(
     values: np.ndarray,
     model_geometry: Geometry,
@@ -330,8 +336,17 @@ def to_source_grid(
     rows_used = np.nonzero(w_k.any(axis=1))[0]
     if rows_used.size == 0:
         return out
+    # Each output value is a convex combination of model values (weights >= 0,
+    # rows summing to 1 or 0), so a chunk whose model slices all stay below
+    # the threshold (with a margin far above float32 rounding) is all False:
+    # most of a lesion map is skipped without computing it.
+    slice_max = flat.max(axis=1) if threshold is not None and flat.size else None
     for start in range(int(rows_used[0]), int(rows_used[-1]) + 1, chunk):
         stop = min(start + chunk, int(rows_used[-1]) + 1)
+        if slice_max is not None and threshold is not None:
+            contributing = w_k[start:stop].any(axis=0)
+            if float(slice_max[contributing].max()) < threshold - SKIP_MARGIN:
+                continue
         block = (w_k[start:stop] @ flat).reshape(stop - start, *values.shape[1:])
         block = np.matmul(w_i, block) @ w_j.T
         if threshold is not None:

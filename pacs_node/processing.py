@@ -256,10 +256,16 @@ class SeriesProcessor:
         """
         started = time.perf_counter()
         datasets = read_series(list(paths))
-        return self.process_datasets(datasets, read_seconds=time.perf_counter() - started)
+        return self.process_datasets(
+            datasets, read_seconds=time.perf_counter() - started, release_pixel_data=True
+        )
 
     def process_datasets(
-        self, datasets: Sequence[Dataset], read_seconds: float = 0.0
+        self,
+        datasets: Sequence[Dataset],
+        read_seconds: float = 0.0,
+        *,
+        release_pixel_data: bool = False,
     ) -> ProcessedSeries:
         """Process the datasets (with pixel data) of one series.
 
@@ -269,6 +275,15 @@ class SeriesProcessor:
             Every instance of the series, in any order.
         read_seconds: float
             Time it took to read them (reported in the stage timings).
+        release_pixel_data: bool
+            Delete the datasets' Pixel Data once the HU volume is built (the
+            SEG and SR need only the headers): the encoded pixels are then
+            not held twice while the model runs. :meth:`process_files` does,
+            on the datasets it read itself.
+
+        .. versionchanged:: issue 6
+            ``release_pixel_data``; the HU volume is released before the SEG
+            and SR are encoded.
 
         Returns
         -------
@@ -288,10 +303,17 @@ class SeriesProcessor:
         started = time.perf_counter()
         volume = build_volume(images)
         volume_seconds = time.perf_counter() - started
+        if release_pixel_data:
+            for dataset in datasets:
+                if "PixelData" in dataset:
+                    del dataset.PixelData
+        del images
         result = self.pipeline.run_volume(volume)
+        sources, series_uid = volume.datasets, volume.series_instance_uid
+        del volume  # the HU array: not needed to encode (peak memory, issue 6)
         started = time.perf_counter()
         objects = encode_results(
-            volume.datasets,
+            sources,
             result,
             self.manifest,
             uid_root=self.uid_root,
@@ -301,8 +323,8 @@ class SeriesProcessor:
         encode_seconds = time.perf_counter() - started
         LOGGER.info(
             "series %s: %d images -> %s (p=%.3f), %d lesion(s); SEG %s, SR %s",
-            volume.series_instance_uid,
-            len(volume.datasets),
+            series_uid,
+            len(sources),
             result.predicted_class,
             max(result.class_probabilities),
             len(result.analysis.lesions),
@@ -310,8 +332,8 @@ class SeriesProcessor:
             objects.sr.SOPInstanceUID,
         )
         return ProcessedSeries(
-            series_instance_uid=volume.series_instance_uid,
-            image_count=len(volume.datasets),
+            series_instance_uid=series_uid,
+            image_count=len(sources),
             result=result,
             objects=objects,
             intended_use=self.manifest.intended_use,

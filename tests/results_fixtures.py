@@ -234,3 +234,35 @@ def synthetic_result(datasets: Sequence[Dataset]) -> InferenceResult:
         analysis=analyse(lesion_mask, lung_mask, hu, geometry),
         model_name=manifest.model_name, model_version=manifest.model_version,
     )
+
+
+#: Attributes highdicom fills from the clock: two objects built from the same
+#: arguments differ only there.
+CLOCK_KEYWORDS = ("ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime")
+
+
+def part10_bytes(dataset: Dataset) -> bytes:
+    """``dataset`` written as a Part 10 file."""
+    import io
+
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def same_part10_but_clock(first: Dataset, second: Dataset) -> bool:
+    """Whether two objects are the same file once their clock values agree.
+
+    ``second``'s Content/Instance Creation Date and Time and Contribution
+    DateTime values are overwritten with ``first``'s (on a copy), then both are
+    written as Part 10 files and compared byte for byte.
+    """
+    second = copy.deepcopy(second)
+    for keyword in CLOCK_KEYWORDS:
+        if keyword in first:
+            setattr(second, keyword, getattr(first, keyword))
+    for mine, theirs in zip(first.get("ContributingEquipmentSequence", []),
+                            second.get("ContributingEquipmentSequence", [])):
+        if "ContributionDateTime" in mine:
+            theirs.ContributionDateTime = mine.ContributionDateTime
+    return part10_bytes(first) == part10_bytes(second)

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -42,6 +43,7 @@ from pacs_node.results.common import (
     result_character_set,
     software_version,
 )
+from pacs_node.results.seg_overlap import BinarySegmentation
 from pacs_node.results.uids import adopt_dimension_organization_uid, check_uid_root, new_uid
 
 LOGGER = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ __all__ = [
     "SEG_CONTENT_DESCRIPTION",
     "PlannedSegment",
     "plan_segments",
+    "segmentation_arguments",
+    "stack_masks",
     "build_segmentation",
 ]
 
@@ -210,21 +214,112 @@ def _segment_description(
     return description
 
 
-def _stack_masks(result: InferenceResult, plan: Sequence[PlannedSegment]) -> np.ndarray:
+def _occupied_slices(mask: np.ndarray) -> slice:
+    """The slice range ``[first, last + 1)`` holding a non-zero voxel (empty if none)."""
+    occupied = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    if occupied.size == 0:
+        return slice(0, 0)
+    return slice(int(occupied[0]), int(occupied[-1]) + 1)
+
+
+def stack_masks(result: InferenceResult, plan: Sequence[PlannedSegment]) -> np.ndarray:
     """``(slices, rows, columns, segments)`` uint8 array, segment-major in memory.
 
-    highdicom checks segment overlap with a sum over the last axis; with each
-    segment a contiguous block that sum adds whole planes instead of
-    three-element rows, and each frame is a contiguous 2D slice.
+    Parameters
+    ----------
+    result: inference.result.InferenceResult
+        Its ``lesion_mask`` and ``lung_mask`` (1 right, 2 left).
+    plan: Sequence[PlannedSegment]
+        From :func:`plan_segments`; gives the order of the last axis.
+
+    Returns
+    -------
+    numpy.ndarray
+        A ``numpy.moveaxis`` view of a ``(segments, slices, rows, columns)``
+        array: each segment is a contiguous block and each frame a contiguous
+        2D plane. The array starts zeroed (``calloc``: pages never written
+        cost neither time nor memory) and only the slice range that holds a
+        segment's voxels is written, so a lesion on 20 slices costs 20
+        planes, not the whole series.
     """
-    stacked = np.empty((len(plan), *result.geometry.shape), dtype=np.bool_)
+    stacked = np.zeros((len(plan), *result.geometry.shape), dtype=np.uint8)
+    lesion_range = _occupied_slices(result.lesion_mask)
+    lung_range = _occupied_slices(result.lung_mask)
     for index, planned in enumerate(plan):
         if planned.role == LESION_ROLE:
-            stacked[index] = result.lesion_mask
+            np.copyto(stacked[index, lesion_range], result.lesion_mask[lesion_range])
         else:
             label = 1 if planned.role == RIGHT_LUNG_ROLE else 2
-            np.equal(result.lung_mask, label, out=stacked[index])
-    return np.moveaxis(stacked.view(np.uint8), 0, -1)
+            np.equal(
+                result.lung_mask[lung_range], label,
+                out=stacked[index, lung_range].view(np.bool_),
+            )
+    return np.moveaxis(stacked, 0, -1)
+
+
+def segmentation_arguments(
+    source_datasets: Sequence[Dataset],
+    result: InferenceResult,
+    manifest: Manifest,
+    *,
+    uid_root: str,
+    series_number: int = SEG_SERIES_NUMBER,
+    instance_number: int = 1,
+    manufacturer: str = MANUFACTURER,
+    device_serial_number: str | None = None,
+    institution_name: str | None = None,
+) -> dict[str, Any]:
+    """Check the inputs and give the keyword arguments of the SEG constructor.
+
+    Parameters
+    ----------
+    source_datasets, result, manifest, uid_root, series_number, \
+instance_number, manufacturer, device_serial_number, institution_name
+        As :func:`build_segmentation`.
+
+    Returns
+    -------
+    dict[str, Any]
+        Every ``highdicom.seg.Segmentation`` argument except
+        ``pixel_array`` (see :func:`stack_masks`), with new Series and SOP
+        Instance UIDs under ``uid_root``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`build_segmentation`.
+    """
+    root = check_uid_root(uid_root)
+    check_series_number(series_number, "series_number")
+    check_series_number(instance_number, "instance_number")
+    check_long_string(manufacturer, "manufacturer")
+    serial = check_long_string(
+        device_serial_number if device_serial_number is not None else root[:-1],
+        "device_serial_number",
+    )
+    check_result(result, manifest)
+    check_source_datasets(source_datasets, result.geometry)
+    plan = plan_segments(manifest)
+    return {
+        "source_images": source_datasets,
+        "segmentation_type": hd.seg.SegmentationTypeValues.BINARY,
+        "segment_descriptions": [_segment_description(p, manifest, result, root) for p in plan],
+        "series_instance_uid": new_uid(root),
+        "series_number": series_number,
+        "sop_instance_uid": new_uid(root),
+        "instance_number": instance_number,
+        "manufacturer": manufacturer,
+        "manufacturer_model_name": DEVICE_NAME,
+        "software_versions": software_version(),
+        "device_serial_number": serial,
+        "content_label": SEG_CONTENT_LABEL,
+        "content_description": SEG_CONTENT_DESCRIPTION,
+        "omit_empty_frames": True,
+        "series_description": SEG_SERIES_DESCRIPTION,
+        "content_qualification": hd.ContentQualificationValues.RESEARCH,
+        "institution_name": resolve_institution_name(source_datasets, institution_name),
+        "specific_character_set": result_character_set(source_datasets),
+    }
 
 
 def build_segmentation(
@@ -271,7 +366,13 @@ def build_segmentation(
     highdicom.seg.Segmentation
         Same patient, study and frame of reference as the source; Series
         Description ``"AI lesions (research)"``; one segment per
-        :func:`plan_segments` entry; empty frames omitted.
+        :func:`plan_segments` entry; empty frames omitted. Built as a
+        :class:`~pacs_node.results.seg_overlap.BinarySegmentation` (same
+        object as highdicom's, without its ``uint64`` check of the stack).
+
+    .. versionchanged:: issue 6
+        The mask stack writes only occupied slices and is checked by
+        streaming; the encoded object is byte for byte the same.
 
     Raises
     ------
@@ -283,43 +384,23 @@ def build_segmentation(
         manifest, or a parameter is out of range.
     """
     started = time.perf_counter()
-    root = check_uid_root(uid_root)
-    check_series_number(series_number, "series_number")
-    check_series_number(instance_number, "instance_number")
-    check_long_string(manufacturer, "manufacturer")
-    serial = check_long_string(
-        device_serial_number if device_serial_number is not None else root[:-1],
-        "device_serial_number",
+    arguments = segmentation_arguments(
+        source_datasets,
+        result,
+        manifest,
+        uid_root=uid_root,
+        series_number=series_number,
+        instance_number=instance_number,
+        manufacturer=manufacturer,
+        device_serial_number=device_serial_number,
+        institution_name=institution_name,
     )
-    check_result(result, manifest)
-    check_source_datasets(source_datasets, result.geometry)
     plan = plan_segments(manifest)
-
-    descriptions = [_segment_description(p, manifest, result, root) for p in plan]
-    pixel_array = _stack_masks(result, plan)
+    pixel_array = stack_masks(result, plan)
     with phi_safe_warnings():
-        seg = hd.seg.Segmentation(
-            source_images=source_datasets,
-            pixel_array=pixel_array,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions,
-            series_instance_uid=new_uid(root),
-            series_number=series_number,
-            sop_instance_uid=new_uid(root),
-            instance_number=instance_number,
-            manufacturer=manufacturer,
-            manufacturer_model_name=DEVICE_NAME,
-            software_versions=software_version(),
-            device_serial_number=serial,
-            content_label=SEG_CONTENT_LABEL,
-            content_description=SEG_CONTENT_DESCRIPTION,
-            omit_empty_frames=True,
-            series_description=SEG_SERIES_DESCRIPTION,
-            content_qualification=hd.ContentQualificationValues.RESEARCH,
-            institution_name=resolve_institution_name(source_datasets, institution_name),
-            specific_character_set=result_character_set(source_datasets),
-        )
-    adopt_dimension_organization_uid(seg, new_uid(root))
+        seg = BinarySegmentation(pixel_array=pixel_array, **arguments)
+    del pixel_array
+    adopt_dimension_organization_uid(seg, new_uid(check_uid_root(uid_root)))
     LOGGER.info(
         "SEG %s for series %s: %d segments, %d frames, %.2f s",
         seg.SOPInstanceUID,
