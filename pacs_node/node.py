@@ -73,6 +73,7 @@ from storage import (
     create_database_engine,
     due_exports,
     make_session_factory,
+    recorded_result_paths,
     recover_after_restart,
     status_overview,
     upgrade_database,
@@ -184,12 +185,16 @@ class Node:
             self.session_factory = make_session_factory(self.engine)
             with self.session_factory.begin() as session:
                 self.recovery = recover_after_restart(session, self.clock())
+                recorded_results = recorded_result_paths(session)
         except (SQLAlchemyError, CommandError) as exc:
             raise NodeStartError(
                 f"cannot open the database {self._database_label()}: {type(exc).__name__}: {exc}"
             ) from exc
         for store in (self.instance_store, self.result_store):
             store.remove_temporary_files()
+        # SEG/SR written by a job that died before recording them: never sent,
+        # and the re-queued job writes new ones (docs/robustness.md, section 1).
+        self.result_store.remove_unrecorded_files(recorded_results)
         try:
             self.processor = SeriesProcessor.from_settings(
                 settings, intra_op_threads=self.intra_op_threads

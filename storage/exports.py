@@ -49,6 +49,7 @@ from storage.transitions import apply_transition, check_now
 LOGGER = logging.getLogger(__name__)
 
 __all__ = [
+    "recorded_result_paths",
     "NO_DESTINATIONS_REASON",
     "backoff_delay",
     "due_exports",
@@ -417,6 +418,11 @@ def result_objects_for_job(session: Session, job_id: int) -> list[ResultObjectRe
         select(ResultObjectRow).where(ResultObjectRow.job_id == job_id).order_by(ResultObjectRow.id)
     ).all()
     return [_object_record(row) for row in rows]
+
+
+def recorded_result_paths(session: Session) -> set[str]:
+    """Relative paths (in the result store) of every recorded result object."""
+    return set(session.scalars(select(ResultObjectRow.file_path)))
 
 
 def result_summary(session: Session, job_id: int) -> dict[str, Any] | None:

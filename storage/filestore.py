@@ -27,7 +27,9 @@ Atomic writes and the fsync policy
     removed and an existing target is left untouched. ``fsync=False`` skips
     the fsyncs (tests, or file systems where the caller accepts the risk).
     Temporary files left by a crash are removed by
-    :meth:`UIDFileStore.remove_temporary_files` at start-up.
+    :meth:`UIDFileStore.remove_temporary_files` at start-up, and result
+    files written but never recorded (a crash between the write and the
+    database commit) by :meth:`UIDFileStore.remove_unrecorded_files`.
 """
 
 from __future__ import annotations
@@ -318,6 +320,50 @@ class UIDFileStore:
                 continue
         if removed:
             LOGGER.info("removed %d temporary file(s) left under %s", removed, self._root)
+        return removed
+
+
+    def stored_files(self) -> Iterator[Path]:
+        """Stored files under the root (``<study>/<series>/<sop>.dcm``), not temporary ones."""
+        if not self._root.is_dir():
+            return iter(())
+        return (p for p in self._root.glob(f"*/*/*{FILE_SUFFIX}") if p.is_file())
+
+    def remove_unrecorded_files(self, recorded: set[str], older_than: float = 60.0) -> int:
+        """Remove stored files whose relative path is not in `recorded` (start-up cleanup).
+
+        For the result store: a crash between writing a job's SEG/SR and
+        recording them leaves files that no row names. They were never sent
+        (exports come from rows), and the job, re-queued at the restart,
+        writes new objects with new UIDs, so these files are only disk space.
+        Files younger than `older_than` seconds are kept (a writer may be
+        about to record them).
+
+        Parameters
+        ----------
+        recorded: set[str]
+            Relative paths (:meth:`relative_path`) that the database names.
+        older_than: float, optional
+            Minimum age in seconds of a file to remove.
+
+        Returns
+        -------
+        int
+            How many files were removed.
+        """
+        limit = time.time() - older_than
+        removed = 0
+        for path in list(self.stored_files()):
+            if self.relative_path(path) in recorded:
+                continue
+            try:
+                if path.stat().st_mtime <= limit:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        if removed:
+            LOGGER.info("removed %d unrecorded file(s) left under %s", removed, self._root)
         return removed
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -260,6 +261,24 @@ class TestDelete:
         assert store.delete(STUDY, SERIES, SOP) is False
         with pytest.raises(FileNotFoundError):
             store.read(STUDY, SERIES, SOP)
+
+    def test_remove_unrecorded_files_keeps_recorded_young_and_temporary_ones(
+        self, store: InstanceStore
+    ) -> None:
+        recorded = store.write(STUDY, SERIES, SOP, b"recorded").path
+        orphan = store.write(STUDY, SERIES, SOP + ".1", b"orphan").path
+        young = store.write(STUDY, SERIES, SOP + ".2", b"young").path
+        temporary = recorded.parent / ".tmp-x.part"
+        temporary.write_bytes(b"part")
+        old = time.time() - 3600
+        for path in (recorded, orphan, temporary):
+            os.utime(path, (old, old))
+        removed = store.remove_unrecorded_files({store.relative_path(recorded)}, older_than=60)
+        assert removed == 1
+        assert not orphan.exists()
+        assert recorded.read_bytes() == b"recorded"
+        assert young.exists() and temporary.exists()
+        assert sorted(p.name for p in store.stored_files()) == sorted([recorded.name, young.name])
 
 
 def test_written_file_recorded_in_database(

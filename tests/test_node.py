@@ -146,9 +146,14 @@ def test_results_written_while_the_destination_is_down_go_out_after_a_restart(
         wait_until(failed_once, 60, "the first failed export attempts")
     (job,) = series_jobs(first, series)
     assert job.state is JobState.WRITTEN
+    # A SEG written by a job that died before recording it: no row names it.
+    study = str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+    orphan = first.result_store.write(study, series, "1.2.3.999", b"x").path
+    os.utime(orphan, (time.time() - 3600, time.time() - 3600))
 
     with storescp_on(tmp_path / "pacs", pacs_port) as folder:
         with Node(settings, intra_op_threads=1) as second:
+            assert not orphan.exists()
             assert second.recovery is not None
             assert second.recovery.exporting == (job.id,)
             assert second.recovery.pending_exports == 2
@@ -166,6 +171,7 @@ def test_results_written_while_the_destination_is_down_go_out_after_a_restart(
     }
     assert all(r.status is ExportStatus.DELIVERED for r in records)
     assert len(series_jobs(second, series)) == 1
+    assert all((settings.results_dir / o.file_path).is_file() for o in objects)
 
 
 def test_job_left_running_is_requeued_and_processed_once(tmp_path: Path, model_dir: Path) -> None:
