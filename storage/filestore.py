@@ -39,7 +39,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -309,19 +309,7 @@ class UIDFileStore:
         int
             How many files were removed.
         """
-        limit = time.time() - older_than
-        removed = 0
-        for path in list(self.temporary_files()):
-            try:
-                if path.stat().st_mtime <= limit:
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        if removed:
-            LOGGER.info("removed %d temporary file(s) left under %s", removed, self._root)
-        return removed
-
+        return self._remove_older_than(self.temporary_files(), older_than, "temporary")
 
     def stored_files(self) -> Iterator[Path]:
         """Stored files under the root (``<study>/<series>/<sop>.dcm``), not temporary ones."""
@@ -351,11 +339,14 @@ class UIDFileStore:
         int
             How many files were removed.
         """
+        unrecorded = (p for p in self.stored_files() if self.relative_path(p) not in recorded)
+        return self._remove_older_than(unrecorded, older_than, "unrecorded")
+
+    def _remove_older_than(self, paths: Iterable[Path], older_than: float, kind: str) -> int:
+        """Unlink the files of `paths` last modified more than `older_than` seconds ago."""
         limit = time.time() - older_than
         removed = 0
-        for path in list(self.stored_files()):
-            if self.relative_path(path) in recorded:
-                continue
+        for path in list(paths):
             try:
                 if path.stat().st_mtime <= limit:
                     path.unlink()
@@ -363,7 +354,7 @@ class UIDFileStore:
             except FileNotFoundError:
                 continue
         if removed:
-            LOGGER.info("removed %d unrecorded file(s) left under %s", removed, self._root)
+            LOGGER.info("removed %d %s file(s) left under %s", removed, kind, self._root)
         return removed
 
 
