@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from typing import Any
 
-from config.cli import add_settings_arguments, settings_from_args
-from config.errors import SettingsError
+from config.cli import add_settings_arguments
+from pacs_node.commands.echo import load_settings_or_exit
 from pacs_node.commands.status import iso_seconds, open_existing_database, print_report
 
 LOGGER = logging.getLogger(__name__)
@@ -164,10 +163,8 @@ def audit(args: argparse.Namespace) -> int:
     int
         0, 1 when the database cannot be read, 2 for invalid settings.
     """
-    try:
-        settings = settings_from_args(args)
-    except SettingsError as exc:
-        print(f"deepsc-node audit: invalid settings\n{exc}", file=sys.stderr)
+    settings = load_settings_or_exit(args, "audit")
+    if settings is None:
         return 2
     return print_report(
         "audit",

@@ -48,12 +48,16 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
 
 
-def load_settings_or_exit(args: argparse.Namespace) -> Settings | None:
-    """Settings from file < environment < flags, or ``None`` after printing why not."""
+def load_settings_or_exit(args: argparse.Namespace, command: str = "") -> Settings | None:
+    """Settings from file < environment < flags, or ``None`` after printing why not.
+
+    `command` names the subcommand in the message (``deepsc-node audit: ...``).
+    """
     try:
         return settings_from_args(args)
     except SettingsError as exc:
-        print(f"deepsc-node: invalid settings\n{exc}", file=sys.stderr)
+        prefix = f"deepsc-node {command}" if command else "deepsc-node"
+        print(f"{prefix}: invalid settings\n{exc}", file=sys.stderr)
         return None
 
 

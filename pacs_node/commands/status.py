@@ -10,12 +10,12 @@ import json
 import logging
 import sys
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from config.cli import add_settings_arguments, settings_from_args
-from config.errors import SettingsError
+from config.cli import add_settings_arguments
+from pacs_node.commands.echo import load_settings_or_exit
 
 if TYPE_CHECKING:  # pragma: no cover
     from sqlalchemy.engine import Engine
@@ -258,10 +258,8 @@ def status(args: argparse.Namespace) -> int:
     int
         0, 1 when the database cannot be read, 2 for invalid settings.
     """
-    try:
-        settings = settings_from_args(args)
-    except SettingsError as exc:
-        print(f"deepsc-node status: invalid settings\n{exc}", file=sys.stderr)
+    settings = load_settings_or_exit(args, "status")
+    if settings is None:
         return 2
     return print_report(
         "status", lambda: collect_status(settings.database_url, limit=args.limit),
