@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 
 LOGGER = logging.getLogger(__name__)
 
@@ -104,15 +103,6 @@ class DicomProxy:
             except OSError:
                 pass
             sock.close()
-
-    def wait_accepted(self, count: int, timeout: float) -> bool:
-        """Wait until `count` connections were accepted."""
-        deadline = time.monotonic() + timeout
-        while self.accepted < count:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
 
     def _track(self, sock: socket.socket) -> None:
         with self._lock:

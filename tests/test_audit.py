@@ -261,3 +261,9 @@ def _rows(sessions: sessionmaker[Session]) -> list:
     with sessions() as session:
         return recent_associations(session, 10)
 
+
+
+def test_the_audit_command_offers_every_association_outcome() -> None:
+    from pacs_node.commands.audit import OUTCOMES
+
+    assert OUTCOMES == tuple(outcome.value for outcome in AssociationOutcome)

@@ -362,7 +362,8 @@ def test_sigkill_while_the_export_is_in_flight_sends_the_result_once(
         with running(node):
             storescu(node, files)
             written = wait_written(node, series_uid)
-            assert proxy.wait_accepted(1, 30), "the node never connected to the destination"
+            wait_until(lambda: proxy.accepted >= 1, 30, "the node's connection to the destination",
+                       interval=0.02)
             sigkill(node)
         # Killed with the association open: no attempt recorded, nothing at the PACS.
         job = only_job(node, series_uid)

@@ -66,8 +66,18 @@ def test_released_pixel_data_gives_the_same_results(series, processor):
     assert kept.image_count == released.image_count == len(series)
 
 
-def test_process_files_releases_what_it_read(series, processor):
+def test_process_files_releases_what_it_read(series, processor, monkeypatch):
+    read: list[pydicom.Dataset] = []
+
+    def keep(paths):
+        datasets = read_series(paths)
+        read.extend(datasets)
+        return datasets
+
+    monkeypatch.setattr("pacs_node.processing.read_series", keep)
     processed = processor.process_files(series)
+    assert len(read) == len(series)
+    assert not any("PixelData" in ds for ds in read)
     # The SEG and SR were built from headers only, and still reference every slice.
     sr_refs = {
         str(item.ReferencedSOPInstanceUID)

@@ -215,17 +215,16 @@ def test_a_silent_connection_does_not_block_tls_peers(
     with socket.create_connection(("127.0.0.1", server.port)) as silent:
         opened = time.monotonic()
         assert echo(server.destination(), "MODALITY", 5, tls_context=peer_tls(pki)) == 0
-        answered = time.monotonic() - opened
         # Answered while the silent connection still waits for its handshake:
         # pynetdicom alone would shake hands in its accept loop and serve
         # nobody until `silent` timed out.
         silent.setblocking(False)
         with pytest.raises(BlockingIOError):
             silent.recv(1)
-        assert answered < 5.0
-        silent.settimeout(15)
-        assert silent.recv(1) == b""  # dropped after the 5 s handshake timeout,
-        assert 4.5 <= time.monotonic() - opened < 9.0  # not the 10 s network timeout
+        # Dropped after the 5 s handshake timeout, not the 10 s network
+        # timeout: a later drop makes recv raise socket.timeout.
+        silent.settimeout(9.0 - (time.monotonic() - opened))
+        assert silent.recv(1) == b""
     failed = wait_until(
         lambda: [r for r in server.associations() if r.outcome is AssociationOutcome.FAILED],
         5, "the timed-out connection in the audit",

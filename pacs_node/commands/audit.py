@@ -32,6 +32,8 @@ destination, SOP Instance UID, attempt number and outcome.
 No patient data is shown. Exit status 0, or 1 when the database cannot be read.
 """
 
+#: The values of :class:`storage.AssociationOutcome`, spelled out so that the
+#: CLI does not import sqlalchemy to build its parser (a test keeps them equal).
 OUTCOMES = ("accepted", "released", "aborted", "rejected", "failed")
 
 
