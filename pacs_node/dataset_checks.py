@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import struct
-import zlib
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -50,7 +49,7 @@ from pydicom.uid import (
     LegacyConvertedEnhancedCTImageStorage,
 )
 
-from pacs_node.receive import decode_header
+from pacs_node.receive import decode_header, inflate
 
 LOGGER = logging.getLogger(__name__)
 
@@ -107,10 +106,9 @@ def _cut(tag: int | None, pixel_tag: int | None = None, fragments: int = 0) -> E
 def _body(data: BytesIO, syntax: UID) -> tuple[memoryview | bytes, int]:
     """The data set bytes (inflated if need be) and where its header ends."""
     if syntax.is_deflated:
-        inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data.getvalue())
-        stream = BytesIO(inflated)
+        stream = inflate(data)
         decode_header(stream, ExplicitVRLittleEndian)  # leaves the stream after the header
-        return inflated, stream.tell()
+        return stream.getbuffer(), stream.tell()
     return data.getbuffer(), data.tell()
 
 

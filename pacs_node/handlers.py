@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, cast
 
 from pydicom import Dataset
 from pydicom.dataelem import RawDataElement
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
@@ -48,6 +49,7 @@ from pacs_node.receive import (
     ReceiveOutcome,
     Receiver,
     decode_header,
+    inflate,
     sanitize_uid,
     validate_uid,
 )
@@ -257,9 +259,12 @@ def _store(event: Event, receiver: Receiver, holds: SeriesHolds | None) -> Datas
     try:
         if not isinstance(request.DataSet, BytesIO):
             raise ValueError("no data set in the C-STORE request")
-        header = decode_header(request.DataSet, event.context.transfer_syntax)
+        data, syntax = request.DataSet, event.context.transfer_syntax
+        if syntax.is_deflated:  # inflate once, for both readers below
+            data, syntax = inflate(data), ExplicitVRLittleEndian
+        header = decode_header(data, syntax)
         # Right after decode_header: it reads on from where that left the stream.
-        encoding = inspect_encoding(request.DataSet, event.context.transfer_syntax, header)
+        encoding = inspect_encoding(data, syntax, header)
         values = {keyword: _identifier(header, tag) for keyword, tag, _ in _IDENTIFIERS}
     except Exception as exc:  # pydicom raises many types for malformed data
         LOGGER.warning(

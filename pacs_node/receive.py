@@ -39,6 +39,7 @@ LOGGER = logging.getLogger(__name__)
 __all__ = [
     "DispositionValues",
     "decode_header",
+    "inflate",
     "ReceiveOutcome",
     "ReceivedInstance",
     "Receiver",
@@ -136,6 +137,15 @@ def _stop_at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
     return tag >= 0x7FE00000
 
 
+def inflate(stream: BytesIO) -> BytesIO:
+    """The data set of a Deflated Explicit VR Little Endian `stream`, inflated.
+
+    The result is Explicit VR Little Endian. A deflate stream cut short
+    inflates to what it holds (truncation shows in the elements).
+    """
+    return BytesIO(zlib.decompressobj(-zlib.MAX_WBITS).decompress(stream.getvalue()))
+
+
 def decode_header(stream: BytesIO | bytes, transfer_syntax: UID | str) -> pydicom.Dataset:
     """Decode the elements of a data set that come before its pixel data.
 
@@ -170,7 +180,7 @@ def decode_header(stream: BytesIO | bytes, transfer_syntax: UID | str) -> pydico
     stream.seek(0)
     if syntax.is_deflated:
         # The header is near the start, but an inflater cannot skip: inflate all.
-        stream = BytesIO(zlib.decompressobj(-zlib.MAX_WBITS).decompress(stream.getvalue()))
+        stream = inflate(stream)
     return read_dataset(
         stream,
         syntax.is_implicit_VR,
