@@ -363,8 +363,6 @@ class Settings:
                 data[item.name] = str(value)
             else:
                 data[item.name] = value
-            if hide_secrets and item.name in SECRET_FIELDS:
-                data[item.name] = "<hidden>"
         if hide_secrets:
             for dotted in SECRET_FIELDS:
                 table, _, key = dotted.partition(".")

@@ -165,15 +165,11 @@ class Exporter(PollingLoop):
             return
         paths = [self.result_store.root / item.file_path for item in sendable]
         started = self.clock()
-        if destination.tls:
-            report = self.send(
-                destination, paths, calling_ae=self.calling_ae, timeouts=self.timeouts,
-                tls_context=self.tls_context,
-            )
-        else:
-            report = self.send(
-                destination, paths, calling_ae=self.calling_ae, timeouts=self.timeouts
-            )
+        # The context is used only for a destination with ``tls = true``.
+        report = self.send(
+            destination, paths, calling_ae=self.calling_ae, timeouts=self.timeouts,
+            tls_context=self.tls_context,
+        )
         finished = self.clock()
         for item, outcome in zip(sendable, report.per_item):
             if outcome.delivered:

@@ -307,7 +307,6 @@ class SeriesProcessor:
             for dataset in datasets:
                 if "PixelData" in dataset:
                     del dataset.PixelData
-        del images
         result = self.pipeline.run_volume(volume)
         sources, series_uid = volume.datasets, volume.series_instance_uid
         del volume  # the HU array: not needed to encode (peak memory, issue 6)

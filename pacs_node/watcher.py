@@ -219,7 +219,7 @@ class SeriesWatcher(PollingLoop):
         uid = job.series_instance_uid
         hold: SeriesHold = self.holds.hold(uid)
         quiet = (now - series.last_received_at).total_seconds()
-        if hold.is_open and self.max_series_hold > 0:
+        if hold.is_open:
             names = ", ".join(hold.open_associations)
             if quiet < self.max_series_hold:
                 if uid not in self._held:
