@@ -94,13 +94,6 @@ def _write_phantom(slices: int, folder: Path) -> int:
     return len(files) * 512 * 512 * 2
 
 
-def _extract(rev: str, folder: Path) -> Path:
-    archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", rev],
-                             capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-    return folder
-
-
 def main(argv: list[str] | None = None) -> int:
     """Measure and print one table row per series size and code revision."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -119,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         roots = {"working tree": REPO_ROOT}
         if args.compare_rev:
-            (workdir / "rev").mkdir()
-            roots[args.compare_rev] = _extract(args.compare_rev, workdir / "rev")
+            sys.path.insert(0, str(REPO_ROOT))
+            from bench.revisions import extract_revision
+
+            roots[args.compare_rev] = extract_revision(args.compare_rev, workdir / "rev")
         warmup = workdir / "warmup"
         _write_phantom(20, warmup)
         print(f"{'code':<14} {'slices':>6} {'raw MB':>7} {'model MB':>9} {'peak MB':>8} "

@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         child(*(Path(a) for a in args.child))
         return 0
     sys.path.insert(0, str(REPO_ROOT))
+    from bench.revisions import extract_revision
     from inference.phantom import generate_phantom, sample_spec, write_dicom_series
 
     with tempfile.TemporaryDirectory(prefix="deepsc-postprocess-") as tmp:
@@ -83,11 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         series = workdir / "ct"
         write_dicom_series(generate_phantom(spec), series)
-        baseline_root = workdir / "baseline"
-        baseline_root.mkdir()
-        archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", args.baseline_rev],
-                                 capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(baseline_root)], input=archive, check=True)
+        baseline_root = extract_revision(args.baseline_rev, workdir / "baseline")
         roots = {f"baseline {args.baseline_rev}": baseline_root, "node": REPO_ROOT}
         runs: dict[str, list[dict[str, object]]] = {name: [] for name in roots}
         for _ in range(args.repeat):

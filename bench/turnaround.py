@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ import pydicom
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench.revisions import extract_revision  # noqa: E402
 from config import Destination  # noqa: E402
 from inference.phantom import generate_phantom, sample_spec, write_dicom_series  # noqa: E402
 from storage import (  # noqa: E402
@@ -69,15 +69,6 @@ def _seconds(later: datetime, earlier: datetime) -> float:
 #: Issue 6, item 2: last instance -> SEG and SR stored, quiet timer excluded.
 TARGET_S = 10.0
 STAGES = ["read", "volume", "preprocess", "inference", "postprocess", "analysis", "encode"]
-
-
-def _extract(rev: str, folder: Path) -> Path:
-    """The tree of git revision ``rev`` (``git archive``), e.g. the code before issue 6."""
-    archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", rev],
-                             capture_output=True, check=True).stdout
-    folder.mkdir(parents=True)
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-    return folder
 
 
 @contextlib.contextmanager
@@ -189,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         del phantom
         runs: dict[str, tuple[float, list[tuple[str, float]], dict[str, object]]] = {}
         if args.baseline_rev != "none":
-            root = _extract(args.baseline_rev, workdir / "baseline-code")
+            root = extract_revision(args.baseline_rev, workdir / "baseline-code")
             runs[f"baseline {args.baseline_rev}"] = measure(
                 files, header, workdir / "baseline", root, args
             )
