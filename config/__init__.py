@@ -22,6 +22,7 @@ from config.settings import (
     Settings,
     bundled_model_dir,
 )
+from config.http import HTTPSettings
 from config.tls import TLSSettings
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_PROVIDERS",
     "DEFAULT_UID_ROOT",
     "Destination",
+    "HTTPSettings",
     "RESULT_OBJECT_KINDS",
     "RetryPolicy",
     "SelectionRules",

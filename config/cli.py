@@ -41,6 +41,9 @@ FLAG_KEYS: dict[str, str] = {
     "destinations": "destinations",
     "allowed_calling_aes": "allowed_calling_aes",
     "providers": "providers",
+    "http_port": "http.port",
+    "http_bind": "http.bind_address",
+    "http_enabled": "http.enabled",
 }
 
 
@@ -82,6 +85,23 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="NAME",
         help="ONNX Runtime provider, in order of preference (repeatable)",
+    )
+    group.add_argument(
+        "--http-port", dest="http_port", metavar="PORT", help="port of the HTTP API (http.port)"
+    )
+    group.add_argument(
+        "--http-bind",
+        dest="http_bind",
+        metavar="HOST",
+        help="address of the HTTP API (http.bind_address)",
+    )
+    group.add_argument(
+        "--no-http",
+        dest="http_enabled",
+        action="store_const",
+        const=False,
+        default=None,
+        help="do not serve the HTTP API, metrics and worklist (http.enabled = false)",
     )
     group.add_argument(
         "--set",

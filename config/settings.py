@@ -42,6 +42,7 @@ from config.sections import (
     check_field,
     positive_float,
 )
+from config.http import HTTP_FIELDS, HTTP_SECRET_FIELDS, HTTPSettings, http_table
 from config.tls import TLS_FIELDS, TLS_SECRET_FIELDS, TLSSettings, tls_table
 from config.validators import (
     show,
@@ -68,6 +69,7 @@ __all__ = [
     "DEFAULT_PROVIDERS",
     "DEFAULT_UID_ROOT",
     "Destination",
+    "HTTPSettings",
     "RESULT_OBJECT_KINDS",
     "RetryPolicy",
     "SelectionRules",
@@ -192,11 +194,14 @@ TABLE_FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "export_retry": RETRY_FIELDS,
     "timeouts": TIMEOUT_FIELDS,
     "tls": TLS_FIELDS,
+    "http": HTTP_FIELDS,
 }
 #: Keys whose values are secret and hidden by ``to_dict(hide_secrets=True)``
 #: (dotted for keys in a table). ``database_url`` is special: only its
 #: password is hidden.
-SECRET_FIELDS: frozenset[str] = frozenset(f"tls.{name}" for name in TLS_SECRET_FIELDS)
+SECRET_FIELDS: frozenset[str] = frozenset(f"tls.{name}" for name in TLS_SECRET_FIELDS) | frozenset(
+    f"http.{name}" for name in HTTP_SECRET_FIELDS
+)
 
 
 @dataclass(frozen=True)
@@ -260,6 +265,9 @@ class Settings:
     tls: TLSSettings
         DICOM TLS of the SCP and of destinations with ``tls = true``.
         Default: plain TCP.
+    http: HTTPSettings
+        The HTTP API, metrics and worklist page (:mod:`pacs_node.api`).
+        Default: on, 127.0.0.1:8080, token generated into `data_dir`.
     """
 
     ae_title: str = "DEEPSC"
@@ -282,6 +290,7 @@ class Settings:
     timeouts: AssociationTimeouts = field(default_factory=AssociationTimeouts)
     result_series_number_base: int = 9000
     tls: TLSSettings = field(default_factory=TLSSettings)
+    http: HTTPSettings = field(default_factory=HTTPSettings)
 
     def __post_init__(self) -> None:
         for name, convert in SCALAR_FIELDS.items():
@@ -292,6 +301,7 @@ class Settings:
         check_field(self, "export_retry", _retry)
         check_field(self, "timeouts", _timeouts)
         check_field(self, "tls", tls_table)
+        check_field(self, "http", http_table)
         if not self.database_url:
             url = f"sqlite:///{self.data_dir / DEFAULT_DATABASE_NAME}"
             object.__setattr__(self, "database_url", url)
