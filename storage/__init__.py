@@ -43,8 +43,17 @@ from storage.exports import (
     result_summary,
     update_job_export_state,
 )
+from storage.hl7 import (
+    HL7MessageRecord,
+    HL7StudyContext,
+    due_hl7_messages,
+    enqueue_hl7_message,
+    hl7_messages_for_job,
+    hl7_study_context,
+    record_hl7_attempt,
+)
 from storage.filestore import InstanceStore, ResultStore, StoredFile, UIDFileStore
-from storage.models import AssociationOutcome, ExportStatus
+from storage.models import AssociationOutcome, ExportStatus, HL7MessageState
 from storage.records import (
     DueExport,
     ExportRecord,
@@ -78,6 +87,14 @@ from storage.repository import (
     transition_job,
 )
 from storage.states import ALLOWED_TRANSITIONS, TERMINAL_STATES, JobState
+from storage.triage import (
+    PRIORITY_RANKS,
+    TriageRecord,
+    get_triage,
+    priority_rank,
+    record_triage,
+    triage_for_jobs,
+)
 from storage.uids import is_valid_uid, validate_uid
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -90,6 +107,9 @@ __all__ = [
     "ExportRecord",
     "ExportStateError",
     "ExportStatus",
+    "HL7MessageRecord",
+    "HL7MessageState",
+    "HL7StudyContext",
     "IllegalTransitionError",
     "InstanceAttributes",
     "InstanceOutcome",
@@ -101,6 +121,7 @@ __all__ = [
     "JobRecord",
     "JobState",
     "NotFoundError",
+    "PRIORITY_RANKS",
     "RecordedInstance",
     "RecoverySummary",
     "ResultSendRecord",
@@ -112,6 +133,7 @@ __all__ = [
     "StorageError",
     "StoredFile",
     "TERMINAL_STATES",
+    "TriageRecord",
     "UIDFileStore",
     "backoff_delay",
     "claim_next_job",
@@ -120,33 +142,42 @@ __all__ = [
     "dispose_engines",
     "downgrade_database",
     "due_exports",
+    "due_hl7_messages",
     "due_jobs",
+    "enqueue_hl7_message",
     "exports_for_job",
     "finish_association",
     "get_engine",
     "get_job",
     "get_series",
+    "get_triage",
     "head_revision",
     "heartbeat",
+    "hl7_messages_for_job",
+    "hl7_study_context",
     "is_own_output",
     "is_valid_uid",
     "job_events",
     "jobs_for_series",
     "latest_job_for_series",
+    "priority_rank",
     "make_session_factory",
     "recent_associations",
     "recent_result_sends",
     "record_association",
     "record_export_attempt",
+    "record_hl7_attempt",
     "record_instance",
     "record_results",
     "recover_after_restart",
+    "record_triage",
     "recorded_result_paths",
     "result_objects_for_job",
     "result_summary",
     "series_instances",
     "status_overview",
     "transition_job",
+    "triage_for_jobs",
     "update_job_export_state",
     "upgrade_database",
     "validate_uid",

@@ -6,6 +6,8 @@ Tables::
                   series 1--n jobs 1--n job_events    one trip through the node each
                                jobs 1--1 results       JSON summary of the model's output
                                jobs 1--n result_objects 1--n exports 1--n export_attempts
+                               jobs 1--1 triage        flag + priority of the result
+                               jobs 1--n hl7_messages  HL7 ORU^R01 outbox
     associations                 audit: every incoming connection/association (no PHI)
 
 DICOM columns carry a comment with the tag, keyword, VR, VM and whether the
@@ -55,6 +57,8 @@ __all__ = [
     "ExportAttemptRow",
     "ExportRow",
     "ExportStatus",
+    "HL7MessageRow",
+    "HL7MessageState",
     "InstanceRow",
     "JobEventRow",
     "JobRow",
@@ -62,6 +66,7 @@ __all__ = [
     "ResultRow",
     "SeriesRow",
     "StudyRow",
+    "TriageRow",
     "UTCDateTime",
 ]
 
@@ -113,6 +118,17 @@ class ExportStatus(str, enum.Enum):
     """Not yet acknowledged; retried at ``next_attempt_at``."""
     DELIVERED = "delivered"
     """The destination acknowledged the C-STORE with a success status."""
+    FAILED = "failed"
+    """Gave up after the retry policy's ``max_attempts``."""
+
+
+class HL7MessageState(str, enum.Enum):
+    """State of one HL7 message of the outbox (:class:`HL7MessageRow`)."""
+
+    PENDING = "pending"
+    """Not yet acknowledged; retried at ``next_attempt_at``."""
+    SENT = "sent"
+    """The receiver acknowledged it with MSA-1 ``AA`` or ``CA``."""
     FAILED = "failed"
     """Gave up after the retry policy's ``max_attempts``."""
 
@@ -427,3 +443,66 @@ class AssociationRow(Base):
     instances_refused: Mapped[int] = mapped_column(
         default=0, comment="C-STORE requests answered with a failure status"
     )
+
+
+class TriageRow(Base):
+    """Triage of a job: the flag and priority the triage rules gave its result.
+
+    Written in the same transaction as the job's state change (``written``,
+    ``rejected`` or ``failed``); replaced when a retried job ends again.
+    """
+
+    __tablename__ = "triage"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    flag: Mapped[str] = mapped_column(
+        String(128), comment='e.g. "COVID-19 pattern", "not analysed: <reason>"'
+    )
+    priority: Mapped[str] = mapped_column(
+        String(16), comment='"urgent", "high", "routine" or "low"'
+    )
+    rank: Mapped[int] = mapped_column(
+        Integer, index=True, comment="1 urgent, 2 high, 3 routine, 4 low (sort ascending)"
+    )
+    rule: Mapped[str] = mapped_column(String(64), comment="Name of the rule that matched")
+    text: Mapped[str] = mapped_column(Text, comment="One human-readable line")
+    created_at: Mapped[datetime]
+
+
+class HL7MessageRow(Base):
+    """Outbox of HL7 v2 messages (ORU^R01) to one RIS/worklist destination each.
+
+    Inserted in the same transaction as the triage record, so nothing is lost
+    when the node stops before sending; :mod:`pacs_node.hl7.sender` sends it.
+    The message text holds PHI (patient ID): never logged.
+    """
+
+    __tablename__ = "hl7_messages"
+    __table_args__ = (
+        Index("ix_hl7_messages_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    destination: Mapped[str] = mapped_column(
+        String(64), comment="HL7 destination name (settings)"
+    )
+    control_id: Mapped[str] = mapped_column(
+        String(20), unique=True, comment="MSH-10 Message Control ID | ST, unique"
+    )
+    message: Mapped[str] = mapped_column(
+        Text,
+        comment="The ER7-encoded message, segments separated by CR | PHI: never logged",
+    )
+    state: Mapped[HL7MessageState] = mapped_column(_enum(HL7MessageState, "hl7_message_state"))
+    attempt_count: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(
+        comment="When the next attempt is due (NULL once sent or failed)"
+    )
+    last_error: Mapped[str | None] = mapped_column(Text)
+    ack_code: Mapped[str | None] = mapped_column(
+        String(2), comment="MSA-1 Acknowledgment Code of the last ACK (AA, AE, AR, CA, CE, CR)"
+    )
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
