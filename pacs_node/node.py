@@ -27,8 +27,12 @@
        associations delivered which series (:mod:`pacs_node.holds`): a
        series is not completed while one is open, for at most
        ``Settings.max_series_hold`` seconds.
+    8. with ``http.enabled`` (default), serves the HTTP API, metrics and
+       worklist page (:mod:`pacs_node.api`, ``docs/api.md``) on
+       ``http.bind_address:http.port``; the access token comes from
+       ``http.token`` or ``<data_dir>/http-token`` (generated, mode 0600).
 :meth:`Node.stop`
-    stops accepting associations and lets running ones finish, stops the
+    stops the HTTP API, stops accepting associations and lets running ones finish, stops the
     watcher, lets each worker finish its current job within the timeout (a
     job that cannot finish stays ``running`` and is re-queued at the next
     start; its late result is discarded), stops the exporter. Idempotent.
@@ -55,6 +59,7 @@ from config import Settings
 from inference.errors import ManifestError, ModelLoadError
 from inference.manifest import Manifest
 from pacs_node.ae import ae_from_settings, start_scp, stop_scp
+from pacs_node.api import HTTPServer, TokenError, create_app, load_or_create_token
 from pacs_node.audit import AssociationAudit
 from pacs_node.errors import NodeError, NodeStartError
 from pacs_node.exporter import Exporter
@@ -145,6 +150,7 @@ class Node:
         self.exporter: Exporter | None = None
         self.recovery: RecoverySummary | None = None
         self._server: ThreadedAssociationServer | None = None
+        self.http: HTTPServer | None = None
         self._started = False
         self._stopped = False
 
@@ -269,6 +275,8 @@ class Node:
         self.watcher.start()
         self.workers.start()
         self.exporter.start()
+        if settings.http.enabled:
+            self._start_http()
         manifest = self.manifest
         LOGGER.info(
             "node %s listening on %s:%d; model %s %s on %s; %d worker(s); destinations: %s; "
@@ -303,6 +311,9 @@ class Node:
         def remaining() -> float:
             return max(0.0, deadline - time.monotonic())
 
+        if self.http is not None:
+            self.http.stop(timeout=min(remaining(), 5.0))
+            self.http = None
         if self._server is not None:
             stop_scp(self._server, timeout=min(remaining(), 10.0))
             self._server = None
@@ -340,6 +351,19 @@ class Node:
         if self._server is None:
             raise RuntimeError("the node's SCP is not running")
         return int(self._server.server_address[1])
+
+    @property
+    def http_port(self) -> int:
+        """The port the HTTP API listens on (the bound one when ``http.port`` was 0).
+
+        Raises
+        ------
+        RuntimeError
+            If the HTTP API is not running.
+        """
+        if self.http is None:
+            raise RuntimeError("the node's HTTP API is not running")
+        return self.http.port
 
     @property
     def manifest(self) -> Manifest:
@@ -394,6 +418,47 @@ class Node:
             time.sleep(interval)
 
     # -- internals --------------------------------------------------------
+    def _start_http(self) -> None:
+        settings = self.settings
+        if self.session_factory is None or self.processor is None:
+            raise RuntimeError("the database and the model come before the HTTP API")
+        try:
+            token = load_or_create_token(settings.http.token, settings.data_dir)
+        except TokenError as exc:
+            raise NodeStartError(f"cannot set up the HTTP API: {exc}") from exc
+        app = create_app(
+            self.session_factory,
+            self.result_store,
+            token,
+            clock=self.clock,
+            checks=[("model", self._model_check), ("dicom_scp", self._scp_check)],
+            intended_use=self.processor.manifest.intended_use,
+            worklist_refresh=settings.http.worklist_refresh,
+        )
+        server = HTTPServer(app, settings.http.bind_address, settings.http.port)
+        try:
+            server.start()
+        except (OSError, RuntimeError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise NodeStartError(
+                f"cannot serve the HTTP API on {settings.http.bind_address}:"
+                f"{settings.http.port}: {detail}"
+            ) from exc
+        self.http = server
+
+    def _model_check(self) -> str | None:
+        return None if self.processor is not None else "model not loaded"
+
+    def _scp_check(self) -> str | None:
+        server = self._server
+        if server is None or self._stopped:
+            return "DICOM SCP not listening"
+        try:
+            server.socket.getsockname()
+        except OSError:
+            return "DICOM SCP not listening"
+        return None
+
     def _wake_workers(self) -> None:
         if self.workers is not None:
             self.workers.wake()

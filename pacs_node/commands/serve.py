@@ -52,6 +52,12 @@ with tls = true (destination_ca_certificates, client_certificate), e.g.
       --set tls.private_key=/etc/deepsc/node.key --set tls.ca_certificates=/etc/deepsc/ca.pem
 Every incoming association is recorded in the database: deepsc-node audit.
 
+HTTP API, Prometheus metrics and worklist page (docs/api.md): on by default on
+127.0.0.1:8080 (--http-bind, --http-port, --no-http); everything but /health
+and /ready needs the token from http.token / DEEPSC_HTTP__TOKEN or the file
+<data_dir>/http-token that the first start generates (mode 0600), e.g.
+  curl -H "Authorization: Bearer $(cat deepsc-data/http-token)" localhost:8080/api/studies
+
 RESEARCH USE ONLY, NOT FOR DIAGNOSIS.
 """
 
@@ -82,6 +88,13 @@ def banner(node: Any) -> str:
             f"model: {manifest.model_name} {manifest.model_version}",
             f"data: {settings.data_dir}",
             f"destinations: {destinations or 'none (results are written, not sent)'}",
+            (
+                f"HTTP API: http://{settings.http.bind_address}:{node.http_port}/ "
+                f"(worklist: /worklist; token: "
+                f"{'from the settings' if settings.http.token else settings.data_dir / 'http-token'})"
+                if node.http is not None
+                else "HTTP API: off"
+            ),
             f"intended use: {manifest.intended_use}",
             "RESEARCH USE ONLY, NOT FOR DIAGNOSIS.",
         ]
