@@ -10,8 +10,8 @@ Requests (:class:`TokenMiddleware`)
     needs ``Authorization: Bearer <token>`` or the worklist session cookie.
     The comparison is constant-time (:func:`hmac.compare_digest`). A
     refused API request gets 401 with ``WWW-Authenticate: Bearer`` (RFC
-    6750 section 3); a refused page request (``/worklist``) is redirected
-    to the login form.
+    6750 section 3); a page request (``GET /worklist``) without an
+    ``Authorization`` header is redirected to the login form instead.
 Worklist session cookie
     The login form (``POST /login`` with the token) sets the cookie
     :data:`SESSION_COOKIE`: ``HttpOnly`` (page scripts cannot read it),
@@ -240,7 +240,11 @@ class TokenMiddleware:
         if ok:
             await self.app(scope, receive, send)
             return
-        if scope["path"] in PAGE_PATHS and scope.get("method") == "GET":
+        if (
+            scope["path"] in PAGE_PATHS
+            and scope.get("method") == "GET"
+            and _header(scope, b"authorization") is None
+        ):  # a browser without (or with a stale) session: to the login form
             await _respond(send, 303, b"", [(b"location", b"/login")])
             return
         challenge = 'Bearer realm="deepsc-node"'

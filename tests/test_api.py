@@ -1,0 +1,252 @@
+"""The node's HTTP API against a real node: token, JSON of a processed job, metrics, readiness."""
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pacs_node.api import HTTPServer, create_app, load_or_create_token
+from storage import JobState, ResultStore, create_database_engine, make_session_factory
+from storage.triage import TriageRecord, get_triage, record_triage
+from tests.api_fixtures import ApiNode, api_node, process_series
+from tests.node_fixtures import tiny_model
+from tests.peers import free_port
+
+#: Every protected route (method, path); job 1 and its thumbnail exist after processing.
+PROTECTED: tuple[tuple[str, str], ...] = (
+    ("GET", "/metrics"),
+    ("GET", "/api/studies"),
+    ("GET", "/api/studies/1.2.3"),
+    ("GET", "/api/jobs"),
+    ("GET", "/api/jobs?state=exported"),
+    ("GET", "/api/jobs/1"),
+    ("GET", "/api/jobs/1/thumbnail.png"),
+    ("GET", "/worklist"),
+    ("GET", "/worklist/worklist.js"),
+    ("GET", "/worklist/worklist.css"),
+    ("GET", "/"),
+    ("POST", "/logout"),
+    ("GET", "/no/such/route"),
+)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[ApiNode]:
+    yield from api_node(tmp_path_factory.mktemp("node"), model_dir)
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``{(sample name, sorted labels): value}`` of a Prometheus text exposition."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def triage_of(api: ApiNode, job_id: int) -> TriageRecord:
+    """The job's recorded triage decision.
+
+    Recorded by the node's worker once the triage rules run there; until
+    then (a branch without them) the test records one as the worker would.
+    """
+    factory = api.node.session_factory
+    assert factory is not None
+    with factory.begin() as session:
+        found = get_triage(session, job_id)
+        if found is None:
+            found = record_triage(
+                session, job_id, flag="COVID-19 pattern", priority="urgent",
+                rule="covid-19", text="COVID-19 pattern: urgent",
+                now=datetime.now(timezone.utc),
+            )
+    return found
+
+
+def test_token_file_is_generated_0600_and_never_logged(api: ApiNode) -> None:
+    path = api.node.settings.data_dir / "http-token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(api.token) >= 32
+    assert any(str(path) in line for line in api.logs.lines)
+    assert not any(api.token in line for line in api.logs.lines)
+    # The second start reads the same file.
+    assert load_or_create_token(None, api.node.settings.data_dir).value == api.token
+
+
+def test_health_and_readiness_need_no_token(api: ApiNode) -> None:
+    with api.client(authorised=False) as client:
+        health = client.get("/health")
+        ready = client.get("/ready")
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "ready": True, "checks": {"database": "ok", "model": "ok", "dicom_scp": "ok"}
+    }
+
+
+@pytest.mark.parametrize("method,path", PROTECTED)
+def test_protected_routes_refuse_a_missing_or_wrong_token(
+    api: ApiNode, method: str, path: str
+) -> None:
+    with httpx.Client(base_url=api.base_url, timeout=10.0) as client:
+        wrong = client.request(method, path, headers={"Authorization": "Bearer " + "x" * 43})
+        almost = client.request(
+            method, path, headers={"Authorization": "Bearer " + api.token[:-1] + "?"}
+        )
+        basic = client.request(method, path, headers={"Authorization": "Basic " + api.token})
+        cookie = client.request(method, path, headers={"Cookie": "deepsc_session=" + "0" * 64},
+                                follow_redirects=False)
+        missing = client.request(method, path, follow_redirects=False)
+    page = method == "GET" and path in ("/", "/worklist")
+    for response in (wrong, almost, basic) if page else (wrong, almost, basic, cookie):
+        assert response.status_code == 401, (path, response.status_code)
+        assert response.headers["www-authenticate"].startswith('Bearer realm="deepsc-node"')
+        assert 'error="invalid_token"' in response.headers["www-authenticate"]
+        assert response.json() == {
+            "error": "unauthorized", "detail": "send Authorization: Bearer <token>"
+        }
+    if page:
+        # A browser without a (valid) session is sent to the login form, not to the page.
+        for response in (missing, cookie):
+            assert response.status_code == 303 and response.headers["location"] == "/login"
+    else:
+        assert missing.status_code == 401
+        assert missing.headers["www-authenticate"] == 'Bearer realm="deepsc-node"'
+
+
+def test_login_form_sets_an_httponly_session_cookie(api: ApiNode) -> None:
+    with httpx.Client(base_url=api.base_url, timeout=10.0) as client:
+        assert client.get("/login").status_code == 200
+        refused = client.post("/login", data={"token": "wrong-token-0123456789"})
+        assert refused.status_code == 401 and "Wrong token" in refused.text
+        assert "deepsc_session" not in client.cookies
+        accepted = client.post("/login", data={"token": api.token}, follow_redirects=False)
+        assert accepted.status_code == 303 and accepted.headers["location"] == "/worklist"
+        cookie = accepted.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+        assert api.token not in cookie
+        page = client.get("/worklist")
+        assert page.status_code == 200 and "RESEARCH USE ONLY" in page.text
+        assert client.get("/api/studies").status_code == 200
+        client.post("/logout")
+        assert client.get("/api/studies").status_code == 401
+
+
+def test_metrics_change_after_a_processed_study(api: ApiNode, tmp_path: Path) -> None:
+    with api.client() as client:
+        before = client.get("/metrics")
+        assert before.status_code == 200
+        assert before.headers["content-type"].startswith("text/plain; version=")
+        job = process_series(api, tmp_path / "ct", seed=3)
+        after = client.get("/metrics")
+    assert job.state is JobState.EXPORTED
+    old, new = metric_samples(before.text), metric_samples(after.text)
+    slices = len(list((tmp_path / "ct").iterdir()))
+    key = ("deepsc_instances_received_total", ())
+    assert new[key] - old[key] == slices == 24
+    assert new[("deepsc_studies_received_total", ())] - old[("deepsc_studies_received_total", ())] == 1
+    exported = ("deepsc_jobs", (("state", "exported"),))
+    assert new[exported] - old[exported] == 1
+    for state in ("received", "complete", "queued", "running", "written"):
+        assert new[("deepsc_jobs", (("state", state),))] == 0
+    for histogram in ("deepsc_inference_seconds", "deepsc_processing_seconds"):
+        count = (f"{histogram}_count", ())
+        assert new[count] - old[count] == 1
+        assert new[(f"{histogram}_sum", ())] > old[(f"{histogram}_sum", ())]
+        assert new[(f"{histogram}_bucket", (("le", "+Inf"),))] == new[count]
+    assert new[("deepsc_database_up", ())] == 1
+    assert new[("deepsc_export_failures_total", ())] == 0
+    assert sum(v for (name, _), v in new.items() if name == "deepsc_results_total") == len(
+        api.processed
+    )
+
+
+def test_json_of_a_processed_job_has_state_flag_priority_and_measurements(
+    api: ApiNode, tmp_path: Path
+) -> None:
+    job = api.processed[0] if api.processed else process_series(api, tmp_path / "ct")
+    triage = triage_of(api, job.id)
+    with api.client() as client:
+        detail = client.get(f"/api/jobs/{job.id}").json()
+        listed = client.get("/api/jobs", params={"state": "exported"}).json()["jobs"]
+        worklist = client.get("/api/studies").json()
+        study = client.get(f"/api/studies/{job.study_instance_uid}").json()
+        missing = client.get("/api/jobs/999999")
+        bad = client.get("/api/jobs", params={"state": "done"})
+    assert detail["id"] == job.id
+    assert detail["state"] == "exported"
+    assert detail["series_instance_uid"] == job.series_instance_uid
+    assert (detail["flag"], detail["priority"], detail["rank"]) == (
+        triage.flag, triage.priority, triage.rank
+    )
+    assert detail["triage"]["text"] == triage.text
+    measurements = detail["measurements"]
+    assert measurements["predicted_class"] in measurements["class_probabilities"]
+    assert abs(sum(measurements["class_probabilities"].values()) - 1.0) < 1e-3
+    assert measurements["total_lesion_volume_ml"] > 0
+    assert {item["region"] for item in measurements["involvement"]} >= {"total", "left", "right"}
+    assert measurements["lesions"] and measurements["image_count"] == 24
+    assert detail["timings_s"]["inference"] >= 0
+    assert {o["kind"] for o in detail["objects"]} >= {"seg", "sr"}
+    assert [j["id"] for j in listed].count(job.id) == 1
+    entry = next(s for s in worklist["studies"] if s["study_instance_uid"] == job.study_instance_uid)
+    assert (entry["flag"], entry["priority"], entry["state"]) == (
+        triage.flag, triage.priority, "exported"
+    )
+    assert worklist["research_use"] == "RESEARCH USE ONLY, NOT FOR DIAGNOSIS."
+    assert study["jobs"][0]["measurements"] == measurements
+    assert missing.status_code == 404 and bad.status_code == 400
+
+
+def test_no_phi_in_the_logs(api: ApiNode, tmp_path: Path) -> None:
+    if not api.processed:
+        process_series(api, tmp_path / "ct")
+    with api.client() as client:
+        study = client.get(f"/api/studies/{api.processed[0].study_instance_uid}").json()
+    name, patient_id = study["patient"]["name"], study["patient"]["id"]
+    assert name and patient_id  # the API returns them behind the token...
+    for line in api.logs.lines:  # ...and no log line holds them
+        if line.split(" ", 1)[0] in ("INFO", "WARNING", "ERROR", "CRITICAL"):
+            assert name not in line and patient_id not in line, line
+
+
+def test_readiness_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    # A PostgreSQL server that is down: nothing listens on the port.
+    engine = create_database_engine(f"postgresql+psycopg2://deepsc@127.0.0.1:{free_port()}/deepsc")
+    token = load_or_create_token(None, tmp_path)
+    app = create_app(
+        make_session_factory(engine), ResultStore(tmp_path / "results"), token,
+        clock=lambda: datetime.now(timezone.utc),
+        checks=[("model", lambda: None), ("dicom_scp", lambda: "DICOM SCP not listening")],
+    )
+    server = HTTPServer(app, "127.0.0.1", free_port()).start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=10.0) as client:
+            ready = client.get("/ready")
+            health = client.get("/health")
+            metrics = client.get("/metrics", headers={"Authorization": f"Bearer {token.value}"})
+    finally:
+        server.stop()
+        engine.dispose()
+    assert ready.status_code == 503
+    body = ready.json()
+    assert body["ready"] is False
+    assert body["checks"]["database"] == "database unreachable: OperationalError"
+    assert body["checks"]["model"] == "ok"
+    assert body["reasons"] == [
+        "database unreachable: OperationalError", "DICOM SCP not listening"
+    ]
+    assert health.status_code == 200  # liveness: the process still answers
+    assert metrics.status_code == 200
+    assert metric_samples(metrics.text)[("deepsc_database_up", ())] == 0
+    assert not server.is_serving()
