@@ -90,7 +90,7 @@ _PAGE_HEADERS = {
 _LOGIN_HEADERS = {
     **_SECURITY_HEADERS,
     "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; "
         "frame-ancestors 'none'; base-uri 'none'"
     ),
     "Cache-Control": "no-store",

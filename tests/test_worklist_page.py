@@ -1,0 +1,98 @@
+"""The worklist page in headless Chromium (phone-sized) against a real node.
+
+Two synthetic chest series go through the node by C-STORE; the page, signed
+in through its login form, must list both studies in triage order with the
+recorded flag, priority and state, show the research-use line, fit the
+phone's width, refresh itself, and keep the token out of page-readable
+storage. Screenshots go to ``test-artifacts/worklist/`` and `tmp_path`.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.api_fixtures import ApiNode, api_node, process_series
+from tests.node_fixtures import tiny_model
+from tests.peers import require_binary
+from tests.test_api import triage_of
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VIEWER_DIR = REPO_ROOT / "tests" / "viewer"
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "worklist"
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiNode]:
+    model_dir = tiny_model(tmp_path_factory.mktemp("model"))
+    yield from api_node(tmp_path_factory.mktemp("node"), model_dir)
+
+
+def run_page_check(api: ApiNode, studies: list[str], screenshots: list[Path],
+                   tmp_path: Path) -> dict:
+    node = require_binary("node")
+    require_binary("chromium")
+    if not (VIEWER_DIR / "node_modules" / "playwright-core").is_dir():
+        pytest.fail("tests/viewer/node_modules/playwright-core missing: run tests/viewer/install.sh")
+    config = tmp_path / "worklist-check.json"
+    config.write_text(json.dumps({
+        "baseUrl": api.base_url,
+        "token": api.token,
+        "studies": studies,
+        "screenshots": [str(p) for p in screenshots],
+        "timeoutMs": 30000,
+    }))
+    completed = subprocess.run(
+        [node, str(VIEWER_DIR / "worklist_check.mjs"), str(config)],
+        cwd=VIEWER_DIR, capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["ok"], result.get("error")
+    return result
+
+
+def test_processed_studies_appear_in_triage_order_with_their_flag(
+    api: ApiNode, tmp_path: Path
+) -> None:
+    first = process_series(api, tmp_path / "a", seed=3, label="covid19")
+    second = process_series(api, tmp_path / "b", seed=5, label="no_pneumonia")
+    triage = {job.study_instance_uid: triage_of(api, job.id) for job in (first, second)}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shots = [ARTIFACTS / "worklist-phone.png", tmp_path / "worklist-phone.png"]
+    for shot in shots:
+        shot.unlink(missing_ok=True)
+
+    result = run_page_check(api, list(triage), shots, tmp_path)
+
+    assert result["loginUrl"].endswith("/login") and result["pageUrl"].endswith("/worklist")
+    cards = {card["studyUid"]: card for card in result["cards"]}
+    for job in (first, second):
+        card, expected = cards[job.study_instance_uid], triage[job.study_instance_uid]
+        assert card["flag"] == expected.flag
+        assert card["priority"] == expected.priority
+        assert card["state"] == "exported"
+        if card["thumbnail"] is not None:  # the node wrote an SC key image
+            assert card["thumbnail"]["width"] > 0, card
+        else:
+            assert card["placeholder"] == "no image"
+    order = [card["studyUid"] for card in result["cards"] if card["studyUid"] in triage]
+    ranks = [triage[uid].rank for uid in order]
+    assert ranks == sorted(ranks), order
+    assert result["refreshes"] >= 2  # it polled again on its own
+    assert any(r["visible"] and r["text"] == "RESEARCH USE ONLY, NOT FOR DIAGNOSIS."
+               for r in result["researchUse"])
+    assert result["layout"]["viewport"] == "width=device-width, initial-scale=1"
+    assert result["layout"]["scrollWidth"] <= result["layout"]["innerWidth"] == 390
+    assert all(0 <= c["left"] and c["right"] <= 390 for c in result["cards"])
+    assert result["cookies"] == [
+        {"name": "deepsc_session", "httpOnly": True, "sameSite": "Strict"}
+    ]
+    assert result["tokenInStorage"] is False
+    assert result["consoleErrors"] == [] and result["failedRequests"] == []
+    for shot in shots:
+        assert shot.stat().st_size > 10_000
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
