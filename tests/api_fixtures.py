@@ -77,9 +77,12 @@ def api_node(workdir: Path, model_dir: Path, **http: object) -> Iterator[ApiNode
 
 
 def process_series(api: ApiNode, folder: Path, *, seed: int = 3, label: str = "covid19",
-                   timeout: float = 60.0) -> JobRecord:
-    """Send a synthetic chest series to the node by C-STORE and wait until its job is done."""
-    paths = write_chest_series(folder, seed=seed, label=label)
+                   slices: int = 24, timeout: float = 60.0) -> JobRecord:
+    """Send a synthetic chest series to the node by C-STORE and wait until its job ends.
+
+    Jobs that end ``exported`` are appended to ``api.processed``.
+    """
+    paths = write_chest_series(folder, seed=seed, label=label, slices=slices)
     node = api.node
     report = scu.send(
         Destination("node", node.settings.ae_title, "127.0.0.1", node.port),
@@ -98,5 +101,6 @@ def process_series(api: ApiNode, folder: Path, *, seed: int = 3, label: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"series {series_uid} not processed in {timeout} s: {jobs}")
         time.sleep(0.1)
-    api.processed.append(jobs[-1])
+    if jobs[-1].state is JobState.EXPORTED:
+        api.processed.append(jobs[-1])
     return jobs[-1]

@@ -1,23 +1,31 @@
 """The node's HTTP API against a real node: token, JSON of a processed job, metrics, readiness."""
 from __future__ import annotations
 
+import io
 import stat
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+import highdicom as hd
 import httpx
+import numpy as np
+import pydicom
 import pytest
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from pacs_node.api import HTTPServer, create_app, load_or_create_token
 from storage import (
+    JobRecord,
     JobState,
     ResultStore,
     create_database_engine,
     make_session_factory,
     result_summary,
 )
+from storage.models import ResultObjectRow
+from storage.queries import key_image_object
 from storage.triage import TriageRecord, get_triage, record_triage
 from tests.api_fixtures import ApiNode, api_node, process_series
 from tests.node_fixtures import tiny_model
@@ -264,3 +272,84 @@ def test_readiness_is_503_when_the_database_is_unreachable(tmp_path: Path) -> No
     assert metrics.status_code == 200
     assert metric_samples(metrics.text)[("deepsc_database_up", ())] == 0
     assert not server.is_serving()
+
+
+def key_image(api: ApiNode, job: JobRecord) -> Path:
+    """The file of the job's first SC result object (its key image).
+
+    The node writes it with the SC "AI summary" series; on a branch without
+    that series the test writes one as the worker would: a highdicom SC
+    built from a slice of the job's series (lung window, a red square),
+    recorded as the job's ``sc`` result object.
+    """
+    factory = api.node.session_factory
+    assert factory is not None
+    with factory() as session:
+        found = key_image_object(session, job.id)
+        if found is not None:
+            return api.node.result_store.root / found.file_path
+    source = sorted(api.node.instance_store.root.rglob("*.dcm"))
+    ct = next(
+        ds for ds in (pydicom.dcmread(p) for p in source)
+        if str(ds.SeriesInstanceUID) == job.series_instance_uid
+    )
+    hu = ct.pixel_array * float(ct.RescaleSlope) + float(ct.RescaleIntercept)
+    gray = np.clip((hu + 1350.0) / 1500.0 * 255.0, 0, 255).astype(np.uint8)
+    rgb = np.stack([gray] * 3, axis=-1)
+    rgb[20:40, 20:40] = (255, 0, 0)
+    series_uid, sop_uid = hd.UID(), hd.UID()
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ct, rgb, "RGB", 8, "PATIENT", series_uid, 9003, sop_uid, 1, "deepsc-node tests",
+        pixel_spacing=tuple(float(v) for v in ct.PixelSpacing),
+        patient_orientation=("L", "P"),
+    )
+    buffer = io.BytesIO()
+    sc.save_as(buffer, enforce_file_format=True)
+    stored = api.node.result_store.write(
+        job.study_instance_uid, series_uid, sop_uid, buffer.getvalue()
+    )
+    with factory.begin() as session:
+        session.add(ResultObjectRow(
+            job_id=job.id, kind="sc", sop_class_uid=str(sc.SOPClassUID),
+            sop_instance_uid=sop_uid, series_instance_uid=series_uid,
+            study_instance_uid=job.study_instance_uid,
+            file_path=api.node.result_store.relative_path(stored.path),
+            sha256=stored.sha256, size=stored.size, created_at=datetime.now(timezone.utc),
+        ))
+    return stored.path
+
+
+def test_thumbnail_is_the_downscaled_key_image(api: ApiNode, tmp_path: Path) -> None:
+    job = api.processed[0] if api.processed else process_series(api, tmp_path / "ct")
+    path = key_image(api, job)
+    source = pydicom.dcmread(path)
+    assert source.InstanceNumber == 1
+    assert source.SOPClassUID.name.endswith("Secondary Capture Image Storage")
+    pixels = source.pixel_array.astype(np.float64)
+    with api.client() as client:
+        detail = client.get(f"/api/jobs/{job.id}").json()
+        response = client.get(detail["thumbnail_url"])
+        again = client.get(detail["thumbnail_url"])
+    assert detail["thumbnail_url"] == f"/api/jobs/{job.id}/thumbnail.png"
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert again.content == response.content
+    image = Image.open(io.BytesIO(response.content))
+    rows, columns = pixels.shape[:2]
+    scale = min(1.0, 256 / max(rows, columns))
+    assert image.size == (round(columns * scale), round(rows * scale))
+    thumb = np.asarray(image.convert("RGB"), dtype=np.float64)
+    expected = pixels if pixels.ndim == 3 else np.stack([pixels] * 3, axis=-1)
+    # Same picture: the mean colour survives the downscale.
+    assert np.abs(thumb.mean(axis=(0, 1)) - expected.mean(axis=(0, 1))).max() < 8.0
+
+
+def test_a_job_without_key_image_has_no_thumbnail(api: ApiNode, tmp_path: Path) -> None:
+    job = process_series(api, tmp_path / "short", slices=8)
+    assert job.state is JobState.REJECTED  # too few slices: no result objects
+    with api.client() as client:
+        detail = client.get(f"/api/jobs/{job.id}").json()
+        response = client.get(f"/api/jobs/{job.id}/thumbnail.png")
+    assert detail["state"] == "rejected" and detail["reason"]
+    assert detail["thumbnail_url"] is None and detail["measurements"] is None
+    assert response.status_code == 404
+    assert response.json() == {"error": f"job {job.id} has no key image"}
