@@ -454,7 +454,8 @@ class Node:
         if server is None or self._stopped:
             return "DICOM SCP not listening"
         try:
-            server.socket.getsockname()
+            if server.socket is None or server.socket.fileno() < 0:
+                return "DICOM SCP not listening"
         except OSError:
             return "DICOM SCP not listening"
         return None

@@ -108,7 +108,9 @@ def _timing(stage: str) -> ColumnElement[Any]:
     return ResultRow.summary[("timings_s", stage)].as_float()
 
 
-def _histogram(session: Session, value: ColumnElement[Any], bounds: Sequence[float]) -> HistogramData:
+def _histogram(
+    session: Session, value: ColumnElement[Any], bounds: Sequence[float]
+) -> HistogramData:
     columns = [func.count(value), func.coalesce(func.sum(value), literal(0.0))]
     columns += [func.coalesce(func.sum(case((value <= bound, 1), else_=0)), 0) for bound in bounds]
     row = session.execute(select(*columns).select_from(ResultRow)).one()

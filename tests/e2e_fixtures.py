@@ -73,7 +73,11 @@ class NodeProcess:
             **(settings or {}),
         }
         lines = [f"{key} = {toml_value(value)}" for key, value in top.items()]
-        merged_tables = {"export_retry": {"initial_backoff": 1.0, "max_backoff": 4.0}}
+        self.http_port = free_port()  # the HTTP API: not the default 8080 (parallel tests)
+        merged_tables: dict[str, dict[str, Any]] = {
+            "export_retry": {"initial_backoff": 1.0, "max_backoff": 4.0},
+            "http": {"port": self.http_port},
+        }
         merged_tables.update(tables or {})
         for name, table in merged_tables.items():
             lines.append(f"\n[{name}]")

@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy.orm import Session, sessionmaker
 
-from config import Destination, RetryPolicy, SelectionRules, Settings
+from config import Destination, HTTPSettings, RetryPolicy, SelectionRules, Settings
 from inference.phantom import generate_phantom, sample_spec
 from inference.phantom.dicom import write_dicom_series
 from pacs_node.receive import ReceivedInstance
@@ -43,7 +43,7 @@ from storage import (
 )
 from tests.dicom_fixtures import make_ct_dataset, wait_for_port, write_dataset
 from tests.onnx_fixtures import band_model_dir
-from tests.peers import PEER_ENV, require_binary
+from tests.peers import PEER_ENV, free_port, require_binary
 
 __all__ = [
     "Clock",
@@ -230,7 +230,10 @@ def node_settings(
     max_backoff: float = 1.0,
     **overrides: Any,
 ) -> Settings:
-    """Settings of a node for tests: data in ``tmp_path/data``, 127.0.0.1, short timers."""
+    """Settings of a node for tests: data in ``tmp_path/data``, 127.0.0.1, short timers.
+
+    The HTTP API listens on a free port (not the default 8080: tests run in parallel).
+    """
     values: dict[str, Any] = {
         "ae_title": "DEEPSC",
         "port": port,
@@ -243,6 +246,7 @@ def node_settings(
         "selection": SelectionRules(min_slices=min_slices),
         "export_retry": RetryPolicy(initial_backoff=initial_backoff, max_backoff=max_backoff),
         "log_level": "DEBUG",
+        "http": HTTPSettings(port=free_port()),
     }
     values.update(overrides)
     return Settings(**values)

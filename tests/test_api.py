@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import stat
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -15,7 +16,9 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from config import HTTPSettings
 from pacs_node.api import HTTPServer, create_app, load_or_create_token
+from pacs_node.node import Node, NodeStartError
 from storage import (
     JobRecord,
     JobState,
@@ -28,7 +31,7 @@ from storage.models import ResultObjectRow
 from storage.queries import key_image_object
 from storage.triage import TriageRecord, get_triage, record_triage
 from tests.api_fixtures import ApiNode, api_node, process_series
-from tests.node_fixtures import tiny_model
+from tests.node_fixtures import node_settings, tiny_model
 from tests.peers import free_port
 
 #: Every protected route (method, path); job 1 and its thumbnail exist after processing.
@@ -176,7 +179,8 @@ def test_metrics_change_after_a_processed_study(api: ApiNode, tmp_path: Path) ->
     slices = len(list((tmp_path / "ct").iterdir()))
     key = ("deepsc_instances_received_total", ())
     assert new[key] - old[key] == slices == 24
-    assert new[("deepsc_studies_received_total", ())] - old[("deepsc_studies_received_total", ())] == 1
+    studies = ("deepsc_studies_received_total", ())
+    assert new[studies] - old[studies] == 1
     exported = ("deepsc_jobs", (("state", "exported"),))
     assert new[exported] - old[exported] == 1
     for state in ("received", "complete", "queued", "running", "written"):
@@ -221,7 +225,7 @@ def test_json_of_a_processed_job_has_state_flag_priority_and_measurements(
     assert detail["timings_s"]["inference"] >= 0
     assert {o["kind"] for o in detail["objects"]} >= {"seg", "sr"}
     assert [j["id"] for j in listed].count(job.id) == 1
-    entry = next(s for s in worklist["studies"] if s["study_instance_uid"] == job.study_instance_uid)
+    (entry,) = [s for s in worklist["studies"] if s["study_instance_uid"] == job.study_instance_uid]
     assert (entry["flag"], entry["priority"], entry["state"]) == (
         triage.flag, triage.priority, "exported"
     )
@@ -298,9 +302,10 @@ def key_image(api: ApiNode, job: JobRecord) -> Path:
     rgb = np.stack([gray] * 3, axis=-1)
     rgb[20:40, 20:40] = (255, 0, 0)
     series_uid, sop_uid = hd.UID(), hd.UID()
+    spacing = (float(ct.PixelSpacing[0]), float(ct.PixelSpacing[1]))
     sc = hd.sc.SCImage.from_ref_dataset(
         ct, rgb, "RGB", 8, "PATIENT", series_uid, 9003, sop_uid, 1, "deepsc-node tests",
-        pixel_spacing=tuple(float(v) for v in ct.PixelSpacing),
+        pixel_spacing=spacing,  # type: ignore[arg-type]  # highdicom annotates floats as int
         patient_orientation=("L", "P"),
     )
     buffer = io.BytesIO()
@@ -353,3 +358,30 @@ def test_a_job_without_key_image_has_no_thumbnail(api: ApiNode, tmp_path: Path) 
     assert detail["thumbnail_url"] is None and detail["measurements"] is None
     assert response.status_code == 404
     assert response.json() == {"error": f"job {job.id} has no key image"}
+
+
+def test_http_port_in_use_fails_the_start_naming_it(tmp_path: Path, model_dir: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        http_port = busy.getsockname()[1]
+        settings = node_settings(
+            tmp_path, model_dir=model_dir, port=free_port(), http=HTTPSettings(port=http_port)
+        )
+        node = Node(settings, intra_op_threads=1)
+        expected = f"cannot serve the HTTP API on 127.0.0.1:{http_port}"
+        with pytest.raises(NodeStartError, match=expected):
+            node.start()
+    with socket.socket() as probe:  # everything started before was stopped: the SCP port is free
+        probe.bind(("127.0.0.1", settings.port))
+
+
+def test_no_http_switches_the_api_off(tmp_path: Path, model_dir: Path) -> None:
+    settings = node_settings(
+        tmp_path, model_dir=model_dir, port=free_port(), http=HTTPSettings(enabled=False)
+    )
+    with Node(settings, intra_op_threads=1) as node:
+        assert node.http is None
+        with pytest.raises(RuntimeError, match="HTTP API is not running"):
+            node.http_port
+    assert not (settings.data_dir / "http-token").exists()

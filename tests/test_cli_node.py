@@ -113,12 +113,13 @@ def test_status_without_a_database_exits_1(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_serve_answers_echo_and_stops_on_sigterm(tmp_path: Path, model_dir: Path) -> None:
-    port = free_port()
+    port, http_port = free_port(), free_port()
     config = tmp_path / "node.toml"
     config.write_text(
         f'ae_title = "DEEPSC"\nport = {port}\nbind_address = "127.0.0.1"\n'
         f'data_dir = "data"\nmodel_dir = {json.dumps(str(model_dir))}\n'
         'providers = ["CPUExecutionProvider"]\nlog_level = "INFO"\n'
+        f"[http]\nport = {http_port}\n"
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "pacs_node", "serve", "--config", str(config)],
@@ -148,6 +149,12 @@ def test_serve_answers_echo_and_stops_on_sigterm(tmp_path: Path, model_dir: Path
     assert process.returncode == 0, stderr
     assert f"deepsc-node DEEPSC listening on 127.0.0.1:{port}" in stdout
     assert "model: test model 0.0.1" in stdout
+    token_file = tmp_path / "data" / "http-token"
+    assert (
+        f"HTTP API: http://127.0.0.1:{http_port}/ (worklist: /worklist; token: {token_file})"
+        in stdout
+    )
+    assert token_file.read_text().strip() not in stdout + stderr
     assert "RESEARCH USE ONLY, NOT FOR DIAGNOSIS" in stdout
     assert " INFO pacs_node.node: node DEEPSC listening" in stderr
     assert "SIGTERM received: stopping" in stderr

@@ -72,6 +72,7 @@ def test_node_starts_from_a_toml_file_and_stops_idempotently(
         f'ae_title = "DEEPSC"\nport = {port}\nbind_address = "127.0.0.1"\n'
         f'data_dir = "data"\nmodel_dir = {json.dumps(str(model_dir))}\n'
         'providers = ["CPUExecutionProvider"]\nquiet_time = 0.5\n'
+        f"[http]\nport = {free_port()}\n"
     )
     settings = load_settings(config_file=config, environ={})
     assert settings.data_dir == tmp_path / "data"

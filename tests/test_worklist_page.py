@@ -36,7 +36,8 @@ def run_page_check(api: ApiNode, studies: list[str], screenshots: list[Path],
     node = require_binary("node")
     require_binary("chromium")
     if not (VIEWER_DIR / "node_modules" / "playwright-core").is_dir():
-        pytest.fail("tests/viewer/node_modules/playwright-core missing: run tests/viewer/install.sh")
+        pytest.fail("tests/viewer/node_modules/playwright-core missing: "
+                    "run tests/viewer/install.sh")
     config = tmp_path / "worklist-check.json"
     config.write_text(json.dumps({
         "baseUrl": api.base_url,

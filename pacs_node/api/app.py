@@ -171,7 +171,7 @@ def _error(status: int, detail: str) -> JSONResponse:
 
 
 def _static_text(name: str) -> str:
-    return resources.files(_PACKAGE).joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files(_PACKAGE).joinpath("static").joinpath(name).read_text(encoding="utf-8")
 
 
 def _login_page(message: str = "") -> str:

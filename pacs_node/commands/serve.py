@@ -62,6 +62,18 @@ RESEARCH USE ONLY, NOT FOR DIAGNOSIS.
 """
 
 
+def http_line(node: Any) -> str:
+    """The banner line of the HTTP API: its URL and where the token is (never the token)."""
+    settings = node.settings
+    if getattr(node, "http", None) is None:
+        return "HTTP API: off"
+    token = "from the settings" if settings.http.token else str(settings.data_dir / "http-token")
+    return (
+        f"HTTP API: http://{settings.http.bind_address}:{node.http_port}/ "
+        f"(worklist: /worklist; token: {token})"
+    )
+
+
 def banner(node: Any) -> str:
     """The start-up lines printed on stdout.
 
@@ -88,13 +100,7 @@ def banner(node: Any) -> str:
             f"model: {manifest.model_name} {manifest.model_version}",
             f"data: {settings.data_dir}",
             f"destinations: {destinations or 'none (results are written, not sent)'}",
-            (
-                f"HTTP API: http://{settings.http.bind_address}:{node.http_port}/ "
-                f"(worklist: /worklist; token: "
-                f"{'from the settings' if settings.http.token else settings.data_dir / 'http-token'})"
-                if node.http is not None
-                else "HTTP API: off"
-            ),
+            http_line(node),
             f"intended use: {manifest.intended_use}",
             "RESEARCH USE ONLY, NOT FOR DIAGNOSIS.",
         ]
