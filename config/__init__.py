@@ -22,7 +22,9 @@ from config.settings import (
     Settings,
     bundled_model_dir,
 )
+from config.hl7 import HL7Destination
 from config.tls import TLSSettings
+from config.triage import DEFAULT_TRIAGE_RULES, PRIORITIES, TriageRule, TriageRules
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -31,8 +33,11 @@ __all__ = [
     "CallingAE",
     "ConfigError",
     "DEFAULT_PROVIDERS",
+    "DEFAULT_TRIAGE_RULES",
     "DEFAULT_UID_ROOT",
     "Destination",
+    "HL7Destination",
+    "PRIORITIES",
     "RESULT_OBJECT_KINDS",
     "RetryPolicy",
     "SelectionRules",
@@ -40,6 +45,8 @@ __all__ = [
     "SettingsError",
     "SettingsProblem",
     "TLSSettings",
+    "TriageRule",
+    "TriageRules",
     "bundled_model_dir",
     "env_variable",
     "format_settings",

@@ -44,6 +44,7 @@ from config.settings import (
     SelectionRules,
     Settings,
 )
+from config.triage import TriageRules
 from config.tls import TLS_PATH_FIELDS, TLSSettings, to_optional_path
 from config.validators import show, to_path
 
@@ -274,6 +275,7 @@ def _build(merged: dict[str, _Value], problems: list[SettingsProblem]) -> Settin
         "export_retry": RetryPolicy,
         "timeouts": AssociationTimeouts,
         "tls": TLSSettings,
+        "triage": TriageRules,
     }
     for table, table_fields in TABLE_FIELDS.items():
         table_kwargs: dict[str, Any] = {}

@@ -42,7 +42,9 @@ from config.sections import (
     check_field,
     positive_float,
 )
+from config.hl7 import HL7Destination, to_hl7_destinations
 from config.tls import TLS_FIELDS, TLS_SECRET_FIELDS, TLSSettings, tls_table
+from config.triage import TRIAGE_FIELDS, TriageRules, triage_table
 from config.validators import (
     show,
     to_ae_title,
@@ -68,11 +70,13 @@ __all__ = [
     "DEFAULT_PROVIDERS",
     "DEFAULT_UID_ROOT",
     "Destination",
+    "HL7Destination",
     "RESULT_OBJECT_KINDS",
     "RetryPolicy",
     "SelectionRules",
     "Settings",
     "TLSSettings",
+    "TriageRules",
     "bundled_model_dir",
     "default_data_dir",
 ]
@@ -175,6 +179,7 @@ SCALAR_FIELDS: dict[str, Callable[[Any], Any]] = {
     "allowed_calling_aes": lambda v: to_str_list(v, CallingAE.parse, "calling AE"),
     "require_called_ae": to_bool,
     "destinations": _destinations,
+    "hl7_destinations": to_hl7_destinations,
     "quiet_time": positive_float,
     "max_series_hold": lambda v: to_float(v, 0.0),
     "database_url": _database_url,
@@ -192,6 +197,7 @@ TABLE_FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "export_retry": RETRY_FIELDS,
     "timeouts": TIMEOUT_FIELDS,
     "tls": TLS_FIELDS,
+    "triage": TRIAGE_FIELDS,
 }
 #: Keys whose values are secret and hidden by ``to_dict(hide_secrets=True)``
 #: (dotted for keys in a table). ``database_url`` is special: only its
@@ -260,6 +266,12 @@ class Settings:
     tls: TLSSettings
         DICOM TLS of the SCP and of destinations with ``tls = true``.
         Default: plain TCP.
+    triage: TriageRules
+        Triage rules: flag and priority of each result (``[triage]``,
+        ``[[triage.rules]]``; ``docs/triage.md``).
+    hl7_destinations: tuple[HL7Destination, ...]
+        RIS/worklist endpoints that get an HL7 ORU^R01 per finished job
+        (``[[hl7_destinations]]``). Default none.
     """
 
     ae_title: str = "DEEPSC"
@@ -282,6 +294,8 @@ class Settings:
     timeouts: AssociationTimeouts = field(default_factory=AssociationTimeouts)
     result_series_number_base: int = 9000
     tls: TLSSettings = field(default_factory=TLSSettings)
+    triage: TriageRules = field(default_factory=TriageRules)
+    hl7_destinations: tuple[HL7Destination, ...] = ()
 
     def __post_init__(self) -> None:
         for name, convert in SCALAR_FIELDS.items():
@@ -292,6 +306,7 @@ class Settings:
         check_field(self, "export_retry", _retry)
         check_field(self, "timeouts", _timeouts)
         check_field(self, "tls", tls_table)
+        check_field(self, "triage", triage_table)
         if not self.database_url:
             url = f"sqlite:///{self.data_dir / DEFAULT_DATABASE_NAME}"
             object.__setattr__(self, "database_url", url)
