@@ -23,7 +23,9 @@ from config.settings import (
     bundled_model_dir,
 )
 from config.http import HTTPSettings
+from config.hl7 import HL7Destination
 from config.tls import TLSSettings
+from config.triage import DEFAULT_TRIAGE_RULES, PRIORITIES, TriageRule, TriageRules
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -32,9 +34,12 @@ __all__ = [
     "CallingAE",
     "ConfigError",
     "DEFAULT_PROVIDERS",
+    "DEFAULT_TRIAGE_RULES",
     "DEFAULT_UID_ROOT",
     "Destination",
     "HTTPSettings",
+    "HL7Destination",
+    "PRIORITIES",
     "RESULT_OBJECT_KINDS",
     "RetryPolicy",
     "SelectionRules",
@@ -42,6 +47,8 @@ __all__ = [
     "SettingsError",
     "SettingsProblem",
     "TLSSettings",
+    "TriageRule",
+    "TriageRules",
     "bundled_model_dir",
     "env_variable",
     "format_settings",

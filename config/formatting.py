@@ -61,7 +61,7 @@ def format_settings(settings: Settings, hide_secrets: bool = True) -> str:
         "",
     ]
     for key, value in data.items():
-        if key in TABLE_FIELDS or key == "destinations":
+        if key in TABLE_FIELDS or key in ("destinations", "hl7_destinations"):
             continue
         if key == "allowed_calling_aes":
             entries = [e["ae_title"] + (f"@{e['host']}" if "host" in e else "") for e in value]
@@ -73,17 +73,25 @@ def format_settings(settings: Settings, hide_secrets: bool = True) -> str:
     if not data["destinations"]:
         lines.append("# destinations: none configured, results are not sent")
         lines.append("destinations = []")
+    if not data["hl7_destinations"]:
+        lines.append("hl7_destinations = []")
     for table in TABLE_FIELDS:
         lines.extend(["", f"[{table}]"])
         for key, value in data[table].items():
+            if table == "triage" and key == "rules":
+                continue
             if table == "export_retry" and key == "max_attempts" and value is None:
                 value = "forever"
             if value is None:
                 lines.append(f"# {key}: not set")
                 continue
             lines.append(f"{key} = {_value(value)}")
-    for destination in data["destinations"]:
-        lines.extend(["", "[[destinations]]"])
-        for key, value in destination.items():
-            lines.append(f"{key} = {_value(value)}")
+    for rule in data["triage"]["rules"]:
+        lines.extend(["", "[[triage.rules]]"])
+        lines.extend(f"{key} = {_value(value)}" for key, value in rule.items())
+    for name in ("destinations", "hl7_destinations"):
+        for destination in data[name]:
+            lines.extend(["", f"[[{name}]]"])
+            for key, value in destination.items():
+                lines.append(f"{key} = {_value(value)}")
     return "\n".join(lines) + "\n"

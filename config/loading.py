@@ -45,6 +45,7 @@ from config.settings import (
     Settings,
 )
 from config.http import HTTPSettings
+from config.triage import TriageRules
 from config.tls import TLS_PATH_FIELDS, TLSSettings, to_optional_path
 from config.validators import show, to_path
 
@@ -276,6 +277,7 @@ def _build(merged: dict[str, _Value], problems: list[SettingsProblem]) -> Settin
         "timeouts": AssociationTimeouts,
         "tls": TLSSettings,
         "http": HTTPSettings,
+        "triage": TriageRules,
     }
     for table, table_fields in TABLE_FIELDS.items():
         table_kwargs: dict[str, Any] = {}

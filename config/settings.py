@@ -43,7 +43,9 @@ from config.sections import (
     positive_float,
 )
 from config.http import HTTP_FIELDS, HTTP_SECRET_FIELDS, HTTPSettings, http_table
+from config.hl7 import HL7Destination, to_hl7_destinations
 from config.tls import TLS_FIELDS, TLS_SECRET_FIELDS, TLSSettings, tls_table
+from config.triage import TRIAGE_FIELDS, TriageRules, triage_table
 from config.validators import (
     show,
     to_ae_title,
@@ -70,11 +72,13 @@ __all__ = [
     "DEFAULT_UID_ROOT",
     "Destination",
     "HTTPSettings",
+    "HL7Destination",
     "RESULT_OBJECT_KINDS",
     "RetryPolicy",
     "SelectionRules",
     "Settings",
     "TLSSettings",
+    "TriageRules",
     "bundled_model_dir",
     "default_data_dir",
 ]
@@ -177,6 +181,7 @@ SCALAR_FIELDS: dict[str, Callable[[Any], Any]] = {
     "allowed_calling_aes": lambda v: to_str_list(v, CallingAE.parse, "calling AE"),
     "require_called_ae": to_bool,
     "destinations": _destinations,
+    "hl7_destinations": to_hl7_destinations,
     "quiet_time": positive_float,
     "max_series_hold": lambda v: to_float(v, 0.0),
     "database_url": _database_url,
@@ -195,6 +200,7 @@ TABLE_FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "timeouts": TIMEOUT_FIELDS,
     "tls": TLS_FIELDS,
     "http": HTTP_FIELDS,
+    "triage": TRIAGE_FIELDS,
 }
 #: Keys whose values are secret and hidden by ``to_dict(hide_secrets=True)``
 #: (dotted for keys in a table). ``database_url`` is special: only its
@@ -268,6 +274,12 @@ class Settings:
     http: HTTPSettings
         The HTTP API, metrics and worklist page (:mod:`pacs_node.api`).
         Default: on, 127.0.0.1:8080, token generated into `data_dir`.
+    triage: TriageRules
+        Triage rules: flag and priority of each result (``[triage]``,
+        ``[[triage.rules]]``; ``docs/triage.md``).
+    hl7_destinations: tuple[HL7Destination, ...]
+        RIS/worklist endpoints that get an HL7 ORU^R01 per finished job
+        (``[[hl7_destinations]]``). Default none.
     """
 
     ae_title: str = "DEEPSC"
@@ -291,6 +303,8 @@ class Settings:
     result_series_number_base: int = 9000
     tls: TLSSettings = field(default_factory=TLSSettings)
     http: HTTPSettings = field(default_factory=HTTPSettings)
+    triage: TriageRules = field(default_factory=TriageRules)
+    hl7_destinations: tuple[HL7Destination, ...] = ()
 
     def __post_init__(self) -> None:
         for name, convert in SCALAR_FIELDS.items():
@@ -302,6 +316,7 @@ class Settings:
         check_field(self, "timeouts", _timeouts)
         check_field(self, "tls", tls_table)
         check_field(self, "http", http_table)
+        check_field(self, "triage", triage_table)
         if not self.database_url:
             url = f"sqlite:///{self.data_dir / DEFAULT_DATABASE_NAME}"
             object.__setattr__(self, "database_url", url)

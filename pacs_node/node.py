@@ -63,9 +63,11 @@ from pacs_node.api import HTTPServer, TokenError, create_app, load_or_create_tok
 from pacs_node.audit import AssociationAudit
 from pacs_node.errors import NodeError, NodeStartError
 from pacs_node.exporter import Exporter
+from pacs_node.hl7.sender import HL7Sender
 from pacs_node.holds import SeriesHolds
 from pacs_node.processing import SeriesProcessor
 from pacs_node.tls import TLSSetupError, client_context, server_context
+from pacs_node.triage import TriageRecorder
 from pacs_node.receiver import StorageReceiver, utc_now
 from pacs_node.results.warmup import load_standard_tables
 from pacs_node.watcher import SeriesWatcher
@@ -148,6 +150,7 @@ class Node:
         self.holds = SeriesHolds(clock=clock)
         self.workers: WorkerPool | None = None
         self.exporter: Exporter | None = None
+        self.hl7_sender: HL7Sender | None = None
         self.recovery: RecoverySummary | None = None
         self._server: ThreadedAssociationServer | None = None
         self.http: HTTPServer | None = None
@@ -228,6 +231,14 @@ class Node:
             clock=self.clock,
             tls_context=scu_tls,
         )
+        if settings.hl7_destinations:
+            self.hl7_sender = HL7Sender(
+                factory,
+                destinations=settings.hl7_destinations,
+                policy=settings.export_retry,
+                clock=self.clock,
+            )
+        triage = TriageRecorder(settings.triage, settings.hl7_destinations)
         processor = self.processor
         self.workers = WorkerPool(
             settings.workers,
@@ -241,6 +252,7 @@ class Node:
                 clock=self.clock,
                 heartbeat_interval=self.heartbeat_interval,
                 on_written=lambda job: self._wake_exporter(),
+                triage=triage,
             ),
         )
         self.watcher = SeriesWatcher(
@@ -253,6 +265,7 @@ class Node:
             on_queued=self._wake_workers,
             holds=self.holds,
             max_series_hold=settings.max_series_hold,
+            triage=triage,
         )
         if self.recovery is not None:
             for job_id in self.recovery.to_evaluate:
@@ -277,6 +290,8 @@ class Node:
         self.exporter.start()
         if settings.http.enabled:
             self._start_http()
+        if self.hl7_sender is not None:
+            self.hl7_sender.start()
         manifest = self.manifest
         LOGGER.info(
             "node %s listening on %s:%d; model %s %s on %s; %d worker(s); destinations: %s; "
@@ -323,6 +338,8 @@ class Node:
             self.workers.stop(remaining())
         if self.exporter is not None and not self.exporter.stop(remaining()):
             LOGGER.warning("exporter still sending at stop; unrecorded attempts are retried")
+        if self.hl7_sender is not None and not self.hl7_sender.stop(remaining()):
+            LOGGER.warning("HL7 sender still sending at stop; unrecorded attempts are retried")
         if self.engine is not None:
             self.engine.dispose()
         LOGGER.info("node %s stopped", self.settings.ae_title)
@@ -467,6 +484,8 @@ class Node:
     def _wake_exporter(self) -> None:
         if self.exporter is not None:
             self.exporter.wake()
+        if self.hl7_sender is not None:
+            self.hl7_sender.wake()
 
     def _database_label(self) -> str:
         from sqlalchemy.engine import make_url

@@ -61,6 +61,7 @@ from pacs_node.holds import SeriesHold, SeriesHolds
 from pacs_node.loops import PollingLoop, poll_interval_for
 from pacs_node.receiver import utc_now
 from pacs_node.selection import Selection, read_headers, select_series
+from pacs_node.triage import TriageRecorder
 from storage import (
     IllegalTransitionError,
     InstanceStore,
@@ -78,6 +79,9 @@ from storage import (
 LOGGER = logging.getLogger(__name__)
 
 __all__ = ["SeriesWatcher"]
+
+#: Reasons of rejected own output start with this; such jobs get no triage.
+OWN_OUTPUT_PREFIX = "own output"
 
 
 class SeriesWatcher(PollingLoop):
@@ -108,6 +112,11 @@ class SeriesWatcher(PollingLoop):
         Longest hold by an open association, in seconds from the series'
         last instance (``Settings.max_series_hold``). Default 600. ``0``
         switches holds off, the one after an association's end included.
+    triage: pacs_node.triage.TriageRecorder | None
+        Records "not analysed: <reason>" with a rejected job, in the same
+        transaction (no HL7 message: a study has several series that are
+        not analysed, such as scouts; not for the node's own output).
+        ``None``: no triage.
 
     Raises
     ------
@@ -128,6 +137,7 @@ class SeriesWatcher(PollingLoop):
         interval: float | None = None,
         holds: SeriesHolds | None = None,
         max_series_hold: float = 600.0,
+        triage: TriageRecorder | None = None,
     ) -> None:
         if not isinstance(quiet_time, (int, float)) or not quiet_time > 0:
             raise ValueError(f'Argument "quiet_time" should be > 0 seconds, got {quiet_time!r}')
@@ -147,6 +157,7 @@ class SeriesWatcher(PollingLoop):
         self.on_queued = on_queued
         self.holds = holds
         self.max_series_hold = float(max_series_hold)
+        self.triage = triage
         self.not_before: datetime | None = None
         self._held: set[str] = set()  # series whose hold was logged
 
@@ -263,14 +274,23 @@ class SeriesWatcher(PollingLoop):
         selection = self._select([self.store.root / item.file_path for item in instances], own)
         try:
             with self.session_factory.begin() as session:
+                now = self.clock()
                 decided = transition_job(
                     session,
                     job_id,
                     selection.state,
                     selection.reason,
-                    now=self.clock(),
+                    now=now,
                     expected_state=JobState.COMPLETE,
                 )
+                if (
+                    self.triage is not None
+                    and decided.state is JobState.REJECTED
+                    and not selection.reason.startswith(OWN_OUTPUT_PREFIX)
+                ):
+                    self.triage.record_not_analysed(
+                        session, job_id, selection.reason, now, notify=False
+                    )
         except IllegalTransitionError:
             LOGGER.info(
                 "job %d (series %s): new instances arrived during selection; waiting again",

@@ -11,7 +11,10 @@ For a claimed job a :class:`Worker`
    (atomic, ``fsync``) and records them with :func:`storage.record_results`
    (one export row per object and configured destination whose ``objects``
    name its kind): the job becomes ``written`` (or ``exported`` at once
-   without destinations).
+   without destinations). With a :class:`pacs_node.triage.TriageRecorder`
+   the job's triage (flag, priority) and its HL7 messages are recorded in
+   the same transaction, also when the job becomes ``rejected`` or
+   ``failed`` (flag ``"not analysed: <reason>"``).
 
 Outcomes
     :class:`~inference.errors.VolumeError` (not a regular volume,
@@ -45,6 +48,7 @@ from inference.errors import VolumeError
 from pacs_node.loops import PollingLoop
 from pacs_node.processing import ProcessedSeries, SeriesProcessor, dataset_bytes
 from pacs_node.receiver import utc_now
+from pacs_node.triage import TriageRecorder
 from storage import (
     InstanceStore,
     JobRecord,
@@ -140,6 +144,9 @@ class Worker(PollingLoop):
         Seconds between heartbeats of a running job.
     on_written: Callable[[JobRecord], None] | None
         Called after a job was recorded ``written`` (wakes the exporter).
+    triage: pacs_node.triage.TriageRecorder | None
+        Records the job's triage and HL7 messages with its final state;
+        ``None``: no triage.
     """
 
     def __init__(
@@ -155,6 +162,7 @@ class Worker(PollingLoop):
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         on_written: Callable[[JobRecord], None] | None = None,
         interval: float = DEFAULT_WORKER_INTERVAL,
+        triage: TriageRecorder | None = None,
     ) -> None:
         super().__init__(name, interval)
         if not isinstance(processor, SeriesProcessor):
@@ -173,6 +181,7 @@ class Worker(PollingLoop):
         self.clock = clock
         self.heartbeat_interval = float(heartbeat_interval)
         self.on_written = on_written
+        self.triage = triage
         # Unique per Worker object: a worker abandoned at stop and a new node's
         # worker of the same name in the same process must not look the same.
         token = secrets.token_hex(3)
@@ -312,7 +321,10 @@ class Worker(PollingLoop):
         with self.session_factory.begin() as session:
             self._owned(session, job.id)
             now = self.clock()
-            record_results(session, job.id, specs, processed.summary(), self.destinations, now)
+            summary = processed.summary()
+            record_results(session, job.id, specs, summary, self.destinations, now)
+            if self.triage is not None:
+                self.triage.record_result(session, job.id, summary, now)
             done = get_job(session, job.id)
         LOGGER.info(
             "job %d (series %s): %s: %s (p=%.3f), SEG %s, SR %s",
@@ -330,14 +342,17 @@ class Worker(PollingLoop):
         try:
             with self.session_factory.begin() as session:
                 self._owned(session, job.id)
+                now = self.clock()
                 done = transition_job(
                     session,
                     job.id,
                     state,
                     reason,
-                    now=self.clock(),
+                    now=now,
                     expected_state=JobState.RUNNING,
                 )
+                if self.triage is not None:
+                    self.triage.record_not_analysed(session, job.id, reason, now)
         except _JobLost:
             LOGGER.warning("job %d: no longer ours; %s not recorded", job.id, state.value)
             return self._current(job.id)
