@@ -29,7 +29,7 @@ from storage import (
 )
 from storage.models import ResultObjectRow
 from storage.queries import key_image_object
-from storage.triage import TriageRecord, get_triage, record_triage
+from storage.triage import TriageRecord, get_triage
 from tests.api_fixtures import ApiNode, api_node, process_series
 from tests.node_fixtures import node_settings, tiny_model
 from tests.peers import free_port
@@ -51,8 +51,8 @@ PROTECTED: tuple[tuple[str, str], ...] = (
     ("GET", "/no/such/route"),
 )
 
-#: Triage the test records when the node's worker does not (see :func:`triage_of`).
-FALLBACK_TRIAGE: dict[str, tuple[str, str]] = {
+#: Flag and priority of the default triage rules, per predicted class.
+DEFAULT_TRIAGE: dict[str, tuple[str, str]] = {
     "covid19": ("COVID-19 pattern", "urgent"),
     "cap": ("pneumonia, CAP pattern", "high"),
     "no_pneumonia": ("no pneumonia detected", "routine"),
@@ -79,22 +79,15 @@ def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 
 def triage_of(api: ApiNode, job_id: int) -> TriageRecord:
-    """The job's recorded triage decision.
-
-    Recorded by the node's worker once the triage rules run there; until
-    then (a branch without them) the test records one as the worker would.
-    """
+    """The triage decision the node recorded with the job (the default rules)."""
     factory = api.node.session_factory
     assert factory is not None
-    with factory.begin() as session:
+    with factory() as session:
         found = get_triage(session, job_id)
-        if found is None:
-            summary = result_summary(session, job_id) or {}
-            flag, priority = FALLBACK_TRIAGE[summary.get("predicted_class", "no_pneumonia")]
-            found = record_triage(
-                session, job_id, flag=flag, priority=priority, rule="test",
-                text=f"{flag}: {priority}", now=datetime.now(timezone.utc),
-            )
+        summary = result_summary(session, job_id)
+    assert found is not None, f"job {job_id} has no triage"
+    if summary is not None:  # analysed: the default rule of the predicted class
+        assert (found.flag, found.priority) == DEFAULT_TRIAGE[summary["predicted_class"]]
     return found
 
 
@@ -355,6 +348,7 @@ def test_a_job_without_key_image_has_no_thumbnail(api: ApiNode, tmp_path: Path) 
         detail = client.get(f"/api/jobs/{job.id}").json()
         response = client.get(f"/api/jobs/{job.id}/thumbnail.png")
     assert detail["state"] == "rejected" and detail["reason"]
+    assert detail["flag"].startswith("not analysed: ") and detail["priority"] == "routine"
     assert detail["thumbnail_url"] is None and detail["measurements"] is None
     assert response.status_code == 404
     assert response.json() == {"error": f"job {job.id} has no key image"}

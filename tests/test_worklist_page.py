@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from storage import JobState
 from tests.api_fixtures import ApiNode, api_node, process_series
 from tests.node_fixtures import tiny_model
 from tests.peers import require_binary
@@ -59,9 +60,14 @@ def run_page_check(api: ApiNode, studies: list[str], screenshots: list[Path],
 def test_processed_studies_appear_in_triage_order_with_their_flag(
     api: ApiNode, tmp_path: Path
 ) -> None:
+    # A series too short to analyse: rejected, flagged "not analysed: ..." (routine).
+    short = process_series(api, tmp_path / "short", seed=7, slices=8)
     first = process_series(api, tmp_path / "a", seed=3, label="covid19")
     second = process_series(api, tmp_path / "b", seed=5, label="no_pneumonia")
-    triage = {job.study_instance_uid: triage_of(api, job.id) for job in (first, second)}
+    jobs = (short, first, second)
+    triage = {job.study_instance_uid: triage_of(api, job.id) for job in jobs}
+    assert short.state is JobState.REJECTED
+    assert triage[short.study_instance_uid].flag.startswith("not analysed: ")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shots = [ARTIFACTS / "worklist-phone.png", tmp_path / "worklist-phone.png"]
     for shot in shots:
@@ -71,11 +77,11 @@ def test_processed_studies_appear_in_triage_order_with_their_flag(
 
     assert result["loginUrl"].endswith("/login") and result["pageUrl"].endswith("/worklist")
     cards = {card["studyUid"]: card for card in result["cards"]}
-    for job in (first, second):
+    for job in jobs:
         card, expected = cards[job.study_instance_uid], triage[job.study_instance_uid]
         assert card["flag"] == expected.flag
         assert card["priority"] == expected.priority
-        assert card["state"] == "exported"
+        assert card["state"] == job.state.value
         if card["thumbnail"] is not None:  # the node wrote an SC key image
             assert card["thumbnail"]["width"] > 0, card
         else:
@@ -83,6 +89,7 @@ def test_processed_studies_appear_in_triage_order_with_their_flag(
     order = [card["studyUid"] for card in result["cards"] if card["studyUid"] in triage]
     ranks = [triage[uid].rank for uid in order]
     assert ranks == sorted(ranks), order
+    assert len(set(ranks)) > 1  # the order is decided by the priorities, not by chance
     assert result["refreshes"] >= 2  # it polled again on its own
     assert any(r["visible"] and r["text"] == "RESEARCH USE ONLY, NOT FOR DIAGNOSIS."
                for r in result["researchUse"])

@@ -37,8 +37,8 @@
       img.addEventListener("error", () => img.replaceWith(placeholder("no image")));
       item.appendChild(img);
     } else {
-      item.appendChild(placeholder(study.state === "written" || study.state === "exported"
-        ? "no image" : "pending"));
+      const done = ["written", "exported", "rejected", "failed"].includes(study.state);
+      item.appendChild(placeholder(done ? "no image" : "pending"));
     }
     const info = el("div", "info");
     const top = el("div", "top");
