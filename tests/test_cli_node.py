@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 
@@ -138,6 +139,15 @@ def test_serve_answers_echo_and_stops_on_sigterm(tmp_path: Path, model_dir: Path
                 break
             time.sleep(0.2)
         assert echo.returncode == 0, echo.stderr
+        # The HTTP API of the serving process: liveness, readiness, the token.
+        base = f"http://127.0.0.1:{http_port}"
+        assert httpx.get(base + "/health", timeout=10).json() == {"status": "ok"}
+        assert httpx.get(base + "/ready", timeout=10).json()["ready"] is True
+        assert httpx.get(base + "/api/jobs", timeout=10).status_code == 401
+        token = (tmp_path / "data" / "http-token").read_text().strip()
+        jobs = httpx.get(base + "/api/jobs", headers={"Authorization": f"Bearer {token}"},
+                         timeout=10)
+        assert jobs.status_code == 200 and jobs.json() == {"jobs": []}
         process.send_signal(signal.SIGTERM)
         stopping = time.monotonic()
         stdout, stderr = process.communicate(timeout=15)
@@ -155,6 +165,8 @@ def test_serve_answers_echo_and_stops_on_sigterm(tmp_path: Path, model_dir: Path
         in stdout
     )
     assert token_file.read_text().strip() not in stdout + stderr
+    with pytest.raises(httpx.ConnectError):  # stopped with the node
+        httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=5)
     assert "RESEARCH USE ONLY, NOT FOR DIAGNOSIS" in stdout
     assert " INFO pacs_node.node: node DEEPSC listening" in stderr
     assert "SIGTERM received: stopping" in stderr
