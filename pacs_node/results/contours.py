@@ -80,9 +80,15 @@ def mask_outlines(mask: np.ndarray) -> list[np.ndarray]:
     """
     if mask.ndim != 2 or mask.dtype != np.bool_:
         raise ValueError('Argument "mask" should be a 2-D boolean array.')
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return []
+    columns = np.flatnonzero(mask.any(axis=0))
+    top, left = int(rows[0]), int(columns[0])
+    window = mask[top: int(rows[-1]) + 1, left: int(columns[-1]) + 1]
     outgoing: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for start, end in _boundary_edges(mask):
-        outgoing.setdefault(start, []).append(end)
+    for (r0, c0), (r1, c1) in _boundary_edges(window):
+        outgoing.setdefault((r0 + top, c0 + left), []).append((r1 + top, c1 + left))
     loops: list[np.ndarray] = []
     while outgoing:
         first = next(iter(outgoing))
