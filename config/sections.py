@@ -44,12 +44,22 @@ __all__ = [
     "positive_float",
 ]
 
-#: Result objects a destination may ask for (``objects``). "sc" (secondary
-#: capture) and "gsps" join this set when the node produces them.
-RESULT_OBJECT_KINDS: tuple[str, ...] = ("seg", "sr")
+#: Result objects a destination may ask for (``objects``): "seg" (DICOM-SEG),
+#: "sr" (TID 1500 SR), "sc" (the "AI summary" Secondary Capture series: key
+#: images and a summary page) and "gsps" (a Grayscale Softcopy Presentation
+#: State with the lesion outlines; produced only when a destination asks
+#: for it). Objects are sent in this order.
+#:
+#: .. versionchanged:: issue 4
+#:     "sc" and "gsps".
+RESULT_OBJECT_KINDS: tuple[str, ...] = ("seg", "sr", "sc", "gsps")
 
-#: Result objects sent to a destination when ``objects`` is not set.
-DEFAULT_OBJECTS: tuple[str, ...] = ("seg", "sr")
+#: Result objects sent to a destination when ``objects`` is not set, e.g.
+#: ``objects = ["seg", "sr", "sc", "gsps"]`` to add the presentation state.
+#:
+#: .. versionchanged:: issue 4
+#:     "sc" is sent by default.
+DEFAULT_OBJECTS: tuple[str, ...] = ("seg", "sr", "sc")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _COMPACT_DESTINATION_RE = re.compile(
@@ -158,7 +168,8 @@ class Destination:
     port: int
         TCP port.
     objects: tuple[str, ...]
-        Which result objects to send, default ``("seg", "sr")``.
+        Which result objects to send (:data:`RESULT_OBJECT_KINDS`), default
+        ``("seg", "sr", "sc")``.
     tls: bool
         Associate over DICOM TLS (``[tls]`` settings: CAs and client
         certificate). Default ``False``.

@@ -15,10 +15,17 @@ Steps of :meth:`SeriesProcessor.process_files`
     4. run the model (:class:`inference.pipeline.InferencePipeline`; the
        ONNX Runtime session is loaded once and shared: ``run()`` is
        thread-safe);
-    5. encode the DICOM-SEG and the TID 1500 SR
+    5. render the "AI summary" Secondary Capture pixels
+       (:func:`pacs_node.results.sc.render_summary`: a few key slices and
+       one coronal plane, read while the HU volume is still alive; the
+       volume is then released);
+    6. encode the DICOM-SEG and the TID 1500 SR
        (:func:`pacs_node.results.encode_results`, which checks every source
        image's position against the result geometry: never a result on a
-       wrong geometry).
+       wrong geometry), the Secondary Capture series
+       (:func:`pacs_node.results.capture.build_secondary_captures`) and,
+       when asked for, the presentation state
+       (:func:`pacs_node.results.gsps.build_presentation_state`).
 """
 from __future__ import annotations
 
@@ -40,6 +47,9 @@ from inference.pipeline import InferencePipeline
 from inference.result import InferenceResult
 from inference.volume import build_volume, read_series
 from pacs_node.results import ResultObjects, encode_results
+from pacs_node.results.capture import build_secondary_captures
+from pacs_node.results.gsps import build_presentation_state
+from pacs_node.results.sc import SummaryRendering, render_summary
 from pacs_node.selection import usable_images
 
 LOGGER = logging.getLogger(__name__)
@@ -47,8 +57,9 @@ LOGGER = logging.getLogger(__name__)
 __all__ = ["ProcessedSeries", "SeriesProcessor", "dataset_bytes"]
 
 #: Result object kinds in the order they are written, recorded and sent
-#: (the SR references the SEG).
-OBJECT_KINDS: tuple[str, ...] = ("seg", "sr")
+#: (the SR references the SEG): SEG, SR, the Secondary Capture series (one
+#: object per image), the presentation state (when produced).
+OBJECT_KINDS: tuple[str, ...] = ("seg", "sr", "sc", "gsps")
 
 
 def dataset_bytes(dataset: Dataset) -> bytes:
@@ -67,6 +78,15 @@ def dataset_bytes(dataset: Dataset) -> bytes:
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def _object_uids(dataset: Dataset) -> dict[str, str]:
+    return {
+        "sop_class_uid": str(dataset.SOPClassUID),
+        "sop_instance_uid": str(dataset.SOPInstanceUID),
+        "series_instance_uid": str(dataset.SeriesInstanceUID),
+        "study_instance_uid": str(dataset.StudyInstanceUID),
+    }
 
 
 @dataclass(frozen=True)
@@ -88,8 +108,16 @@ class ProcessedSeries:
         diagnosis ...").
     stage_seconds: dict[str, float]
         Seconds spent reading the files (``read``), building the volume
-        (``volume``) and encoding SEG and SR (``encode``); the model stages
-        are in ``result.timings``.
+        (``volume``), rendering the Secondary Capture pixels (``render``)
+        and encoding every object (``encode``); the model stages are in
+        ``result.timings``.
+    secondary_captures: tuple[pydicom.Dataset, ...]
+        The "AI summary" series: key images, then the summary page.
+    presentation_state: pydicom.Dataset | None
+        The GSPS with the lesion outlines, when it was asked for.
+
+    .. versionchanged:: issue 4
+        ``secondary_captures`` and ``presentation_state``.
     """
 
     series_instance_uid: str
@@ -98,10 +126,25 @@ class ProcessedSeries:
     objects: ResultObjects
     intended_use: str
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    secondary_captures: tuple[Dataset, ...] = ()
+    presentation_state: Dataset | None = None
 
     def datasets(self) -> list[tuple[str, Dataset]]:
-        """``[("seg", seg), ("sr", sr)]``: kinds and objects, in sending order."""
-        return list(zip(OBJECT_KINDS, self.objects.datasets))
+        """Kinds and objects in sending order.
+
+        Returns
+        -------
+        list[tuple[str, pydicom.Dataset]]
+            ``("seg", seg)``, ``("sr", sr)``, ``("sc", image)`` per Secondary
+            Capture image in instance order, then ``("gsps", state)`` when
+            produced.
+        """
+        seg, sr = self.objects.datasets[:2]
+        items: list[tuple[str, Dataset]] = [("seg", seg), ("sr", sr)]
+        items.extend(("sc", image) for image in self.secondary_captures)
+        if self.presentation_state is not None:
+            items.append(("gsps", self.presentation_state))
+        return items
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary: ``InferenceResult.to_dict()`` plus object UIDs.
@@ -111,8 +154,11 @@ class ProcessedSeries:
         dict[str, Any]
             Class probabilities, lesion measurements, geometry and timings
             (no PHI), ``source_series_instance_uid``, ``image_count``,
-            ``intended_use`` and ``objects``: ``{kind: {sop_class_uid,
-            sop_instance_uid, series_instance_uid, study_instance_uid}}``.
+            ``intended_use`` and ``objects``: ``{"seg": uids, "sr": uids,
+            "sc": [uids, ...], "gsps": uids}`` where ``uids`` is ``{sop_class_uid,
+            sop_instance_uid, series_instance_uid, study_instance_uid}``;
+            ``"sc"`` lists the images in instance order (key images, then the
+            summary page) and ``"gsps"`` is present only when produced.
         """
         data = self.result.to_dict()
         data["timings_s"] = {
@@ -122,15 +168,14 @@ class ProcessedSeries:
         data["source_series_instance_uid"] = self.series_instance_uid
         data["image_count"] = self.image_count
         data["intended_use"] = self.intended_use
-        data["objects"] = {
-            kind: {
-                "sop_class_uid": str(ds.SOPClassUID),
-                "sop_instance_uid": str(ds.SOPInstanceUID),
-                "series_instance_uid": str(ds.SeriesInstanceUID),
-                "study_instance_uid": str(ds.StudyInstanceUID),
-            }
-            for kind, ds in self.datasets()
-        }
+        objects: dict[str, Any] = {}
+        for kind, ds in self.datasets():
+            uids = _object_uids(ds)
+            if kind == "sc":
+                objects.setdefault("sc", []).append(uids)
+            else:
+                objects[kind] = uids
+        data["objects"] = objects
         return data
 
 
@@ -144,10 +189,18 @@ class SeriesProcessor:
     uid_root: str
         Root of every UID the node generates (``Settings.uid_root``).
     series_number_base: int
-        Series Number base: SEG gets base + 1, SR base + 2
+        Series Number base: SEG gets base + 1, SR base + 2, the Secondary
+        Capture series base + 3, the presentation state base + 4
         (``Settings.result_series_number_base``).
     rules: config.SelectionRules
         For the Image Type exclusions of :func:`usable_images`.
+    presentation_state: bool
+        Also encode the GSPS with the lesion outlines (default ``False``;
+        :meth:`from_settings` sets it when a destination asks for ``"gsps"``).
+
+    .. versionchanged:: issue 4
+        The Secondary Capture series is always produced;
+        ``presentation_state``.
 
     Raises
     ------
@@ -164,6 +217,7 @@ class SeriesProcessor:
         uid_root: str,
         series_number_base: int,
         rules: SelectionRules,
+        presentation_state: bool = False,
     ) -> None:
         if not isinstance(pipeline, InferencePipeline):
             raise TypeError(
@@ -185,10 +239,15 @@ class SeriesProcessor:
         self.uid_root = uid_root
         self.series_number_base = series_number_base
         self.rules = rules
+        self.presentation_state = bool(presentation_state)
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, intra_op_threads: int | None = None
+        cls,
+        settings: Settings,
+        *,
+        intra_op_threads: int | None = None,
+        presentation_state: bool | None = None,
     ) -> SeriesProcessor:
         """Load ``settings.model_dir`` once and build the processor.
 
@@ -198,6 +257,9 @@ class SeriesProcessor:
             Model directory, providers, UID root, series number base, rules.
         intra_op_threads: int | None
             ONNX Runtime threads per operator (``None``: one per core).
+        presentation_state: bool | None
+            Encode the GSPS; ``None``: when at least one of
+            ``settings.destinations`` names ``"gsps"`` in its ``objects``.
 
         Returns
         -------
@@ -224,6 +286,11 @@ class SeriesProcessor:
             uid_root=settings.uid_root,
             series_number_base=settings.result_series_number_base,
             rules=settings.selection,
+            presentation_state=(
+                any("gsps" in d.objects for d in settings.destinations)
+                if presentation_state is None
+                else presentation_state
+            ),
         )
 
     @property
@@ -285,6 +352,11 @@ class SeriesProcessor:
             ``release_pixel_data``; the HU volume is released before the SEG
             and SR are encoded.
 
+        .. versionchanged:: issue 4
+            The Secondary Capture pixels are rendered from the HU volume
+            right after the model ran (only the key slices and one coronal
+            plane are copied), before the volume is released.
+
         Returns
         -------
         ProcessedSeries
@@ -309,6 +381,15 @@ class SeriesProcessor:
                     del dataset.PixelData
         result = self.pipeline.run_volume(volume)
         sources, series_uid = volume.datasets, volume.series_instance_uid
+        started = time.perf_counter()
+        rendering: SummaryRendering = render_summary(
+            volume.hu,
+            result,
+            self.manifest,
+            slice_labels=[str(ds.get("InstanceNumber", "") or k + 1)
+                          for k, ds in enumerate(sources)],
+        )
+        render_seconds = time.perf_counter() - started
         del volume  # the HU array: not needed to encode (peak memory, issue 6)
         started = time.perf_counter()
         objects = encode_results(
@@ -319,9 +400,26 @@ class SeriesProcessor:
             seg_series_number=self.series_number_base + 1,
             sr_series_number=self.series_number_base + 2,
         )
+        secondary_captures = build_secondary_captures(
+            sources,
+            rendering,
+            result,
+            uid_root=self.uid_root,
+            series_number=self.series_number_base + 3,
+        )
+        del rendering
+        presentation_state = (
+            build_presentation_state(
+                sources, result, uid_root=self.uid_root,
+                series_number=self.series_number_base + 4,
+            )
+            if self.presentation_state
+            else None
+        )
         encode_seconds = time.perf_counter() - started
         LOGGER.info(
-            "series %s: %d images -> %s (p=%.3f), %d lesion(s); SEG %s, SR %s",
+            "series %s: %d images -> %s (p=%.3f), %d lesion(s); SEG %s, SR %s, "
+            "%d SC image(s)%s",
             series_uid,
             len(sources),
             result.predicted_class,
@@ -329,6 +427,8 @@ class SeriesProcessor:
             len(result.analysis.lesions),
             objects.seg.SOPInstanceUID,
             objects.sr.SOPInstanceUID,
+            len(secondary_captures),
+            ", GSPS" if presentation_state is not None else "",
         )
         return ProcessedSeries(
             series_instance_uid=series_uid,
@@ -337,6 +437,11 @@ class SeriesProcessor:
             objects=objects,
             intended_use=self.manifest.intended_use,
             stage_seconds={
-                "read": read_seconds, "volume": volume_seconds, "encode": encode_seconds
+                "read": read_seconds,
+                "volume": volume_seconds,
+                "render": render_seconds,
+                "encode": encode_seconds,
             },
+            secondary_captures=tuple(secondary_captures),
+            presentation_state=presentation_state,
         )

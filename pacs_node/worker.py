@@ -6,8 +6,10 @@ For a claimed job a :class:`Worker`
 
 1. lists the series' stored files and runs
    :meth:`pacs_node.processing.SeriesProcessor.process_files` (volume,
-   model, SEG + SR) while a heartbeat thread records that it is alive;
-2. writes the SEG and the SR to the :class:`storage.ResultStore`
+   model, SEG + SR + Secondary Capture series, and the GSPS when a
+   destination asks for it) while a heartbeat thread records that it is
+   alive;
+2. writes every object to the :class:`storage.ResultStore`
    (atomic, ``fsync``) and records them with :func:`storage.record_results`
    (one export row per object and configured destination whose ``objects``
    name its kind): the job becomes ``written`` (or ``exported`` at once
@@ -326,15 +328,17 @@ class Worker(PollingLoop):
             if self.triage is not None:
                 self.triage.record_result(session, job.id, summary, now)
             done = get_job(session, job.id)
+        sop = {spec.kind: spec.sop_instance_uid for spec in reversed(specs)}
         LOGGER.info(
-            "job %d (series %s): %s: %s (p=%.3f), SEG %s, SR %s",
+            "job %d (series %s): %s: %s (p=%.3f), SEG %s, SR %s, %d object(s)",
             done.id,
             done.series_instance_uid,
             done.state.value,
             processed.result.predicted_class,
             max(processed.result.class_probabilities),
-            specs[0].sop_instance_uid,
-            specs[-1].sop_instance_uid,
+            sop.get("seg"),
+            sop.get("sr"),
+            len(specs),
         )
         return done
 

@@ -178,11 +178,12 @@ def rejected(node: Node, series_uid: str) -> str:
 
 
 def processed(node: Node, series_uid: str) -> list[Dataset]:
-    """SEG and SR of the series' only job, which must have been processed once."""
+    """SEG, SR and Secondary Capture images of the series' only job (processed once)."""
     (job,) = jobs(node, series_uid)
     assert job.state is JobState.EXPORTED, (job.state, job.reason)
     objects = results(node, job)
-    assert [o.kind for o in objects] == ["seg", "sr"]
+    kinds = [o.kind for o in objects]
+    assert kinds[:2] == ["seg", "sr"] and set(kinds[2:]) == {"sc"}, kinds
     return [pydicom.dcmread(node.settings.results_dir / o.file_path) for o in objects]
 
 
@@ -532,7 +533,7 @@ def test_same_sop_instance_uid_in_another_series_moves_to_the_later_series(
     assert stored_uids(node, other_series) == {str(moved.SOPInstanceUID)}
     (path,) = list(node.settings.instances_dir.rglob(f"{moved.SOPInstanceUID}.dcm"))
     assert path.parent.name == other_series
-    seg, _ = processed(node, series_uid)  # the nine slices left form a regular volume
+    seg, *_ = processed(node, series_uid)  # the nine slices left form a regular volume
     assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == len(first) - 1
     assert rejected(node, other_series) == f"1 slices < minimum {MIN_SLICES}"
     assert_logs(info_logs, series_uid)
@@ -596,7 +597,7 @@ def test_interleaved_series_in_one_association_are_each_processed_once(
     settle(node)
     for group in groups:
         series_uid = str(group[0].SeriesInstanceUID)
-        seg, sr = processed(node, series_uid)
+        seg, sr, *_ = processed(node, series_uid)
         assert referenced_series(seg) == {series_uid}
         referenced = {
             str(item.ReferencedSOPInstanceUID)
@@ -626,7 +627,7 @@ def test_series_of_2000_slices_is_processed(
     assert done.returncode == 0, done.stderr[-2000:]
     assert (done.stdout + done.stderr).count("Received Store Response (Success)") == 2000
     settle(node)
-    seg, sr = processed(node, series_uid)
+    seg, sr, *_ = processed(node, series_uid)
     assert node.session_factory is not None
     with node.session_factory() as session:
         assert get_series(session, series_uid).instance_count == 2000

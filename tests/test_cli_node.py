@@ -40,26 +40,40 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_model(tmp_path_factory.mktemp("model"))
 
 
-def test_process_writes_seg_sr_and_result_json(tmp_path: Path, model_dir: Path) -> None:
+def test_process_writes_seg_sr_sc_gsps_and_result_json(tmp_path: Path, model_dir: Path) -> None:
     good = chest_datasets()
     write_datasets(tmp_path / "in" / "a", good)
     short = chest_datasets(slices=3)
     write_datasets(tmp_path / "in" / "b", short)
     (tmp_path / "in" / "notes.txt").write_text("not DICOM")
     done = deepsc("process", "in", "--out", "out", "--model-dir", str(model_dir),
-                  "--log-level", "WARNING", cwd=tmp_path)
+                  "--log-level", "WARNING", "--gsps", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     uid = str(good[0].SeriesInstanceUID)
     folder = tmp_path / "out" / uid
-    assert sorted(p.name for p in folder.iterdir()) == ["result.json", "seg.dcm", "sr.dcm"]
+    result = json.loads((folder / "result.json").read_text())
+    sc_files = [f"sc-{n}.dcm" for n in range(1, len(result["objects"]["sc"]) + 1)]
+    assert sc_files, "the summary page is always written"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["gsps.dcm", "result.json", "seg.dcm", "sr.dcm", *sc_files]
+    )
+    pages = [pydicom.dcmread(folder / name) for name in sc_files]
+    assert [str(p.SOPInstanceUID) for p in pages] == [
+        item["sop_instance_uid"] for item in result["objects"]["sc"]
+    ]
+    assert {str(p.SeriesDescription) for p in pages} == {"AI summary (research)"}
+    gsps = pydicom.dcmread(folder / "gsps.dcm")
+    assert gsps.Modality == "PR"
+    assert result["objects"]["gsps"]["sop_instance_uid"] == gsps.SOPInstanceUID
     seg = pydicom.dcmread(folder / "seg.dcm")
     sr = pydicom.dcmread(folder / "sr.dcm")
     assert (seg.Modality, sr.Modality) == ("SEG", "SR")
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
-    result = json.loads((folder / "result.json").read_text())
     assert result["objects"]["seg"]["sop_instance_uid"] == seg.SOPInstanceUID
     assert result["objects"]["sr"]["sop_instance_uid"] == sr.SOPInstanceUID
-    assert result["files"] == {"seg": "seg.dcm", "sr": "sr.dcm"}
+    assert result["files"] == {
+        "seg": "seg.dcm", "sr": "sr.dcm", "sc": sc_files, "gsps": "gsps.dcm"
+    }
     assert sum(result["class_probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert result["image_count"] == 24
     assert "Research use only" in result["intended_use"]

@@ -24,6 +24,7 @@ from config import (
     load_settings,
 )
 from config.cli import register, settings_from_args
+from config.sections import DEFAULT_OBJECTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -320,11 +321,22 @@ class TestValidation:
         config_file = _write(
             tmp_path,
             '[[destinations]]\nname = "a"\nae_title = "A"\nhost = "h"\nport = 1\n'
-            'objects = ["gsps"]\n',
+            'objects = ["pdf"]\n',
         )
         error = _error(config_file=config_file)
         assert error.keys == ("destinations",)
-        assert "seg, sr" in str(error)
+        assert "seg, sr, sc, gsps" in str(error)
+
+    def test_destination_objects_default_and_choice(self, tmp_path: Path) -> None:
+        config_file = _write(
+            tmp_path,
+            '[[destinations]]\nname = "a"\nae_title = "A"\nhost = "h"\nport = 1\n'
+            '[[destinations]]\nname = "b"\nae_title = "B"\nhost = "h"\nport = 2\n'
+            'objects = ["SEG", "gsps"]\n',
+        )
+        first, second = load_settings(config_file, environ={}).destinations
+        assert first.objects == DEFAULT_OBJECTS == ("seg", "sr", "sc")
+        assert second.objects == ("seg", "gsps")
 
 
 class TestFormatting:

@@ -1,4 +1,4 @@
-"""End to end against a real PACS: Orthanc sends CT to the node, SEG + SR come back.
+"""End to end against a real PACS: Orthanc sends CT to the node, SEG + SR + SC come back.
 
 Real processes on loopback: Orthanc (Debian package ``orthanc``) with its own
 configuration and storage, the node (``deepsc-node serve``) with its own data
@@ -24,6 +24,7 @@ from config import Destination
 from inference.phantom import generate_phantom, sample_spec, write_dicom_series
 from inference.volume import build_volume, read_series
 from pacs_node.results import read_report_measurements, read_segmentation_mask
+from pacs_node.results.sc import select_key_slices
 from storage import JobState
 from tests.dicom_fixtures import make_basic_text_sr
 from tests.e2e_fixtures import NodeProcess
@@ -83,9 +84,9 @@ def covid_phantom(workdir: Path):  # type: ignore[no-untyped-def]
 
 
 def result_series(orthanc: Orthanc, study_uid: str) -> dict[str, list[dict]]:
-    """SEG and SR series of a study, once both are there."""
+    """SEG, SR and Secondary Capture ("OT") series of a study, once all are there."""
     series = orthanc.series_modalities(study_uid)
-    if series.get("SEG") and series.get("SR"):
+    if series.get("SEG") and series.get("SR") and series.get("OT"):
         return series
     return {}
 
@@ -99,12 +100,13 @@ def instance_dataset(orthanc: Orthanc, series: dict) -> pydicom.Dataset:
 def check_results(
     orthanc: Orthanc, study_uid: str, source_files: list[Path], tmp_path: Path
 ) -> tuple[pydicom.Dataset, pydicom.Dataset, np.ndarray]:
-    """Wait for SEG + SR in Orthanc and check what does not depend on the model.
+    """Wait for SEG + SR + SC in Orthanc and check what does not depend on the model.
 
     Returns the SEG, the SR and the lesion mask on the source grid.
     """
     series = orthanc.wait_for(
-        lambda: result_series(orthanc, study_uid), RESULT_TIMEOUT, what="SEG and SR in Orthanc"
+        lambda: result_series(orthanc, study_uid), RESULT_TIMEOUT,
+        what="SEG, SR and SC in Orthanc",
     )
     assert len(series["SEG"]) == 1 and len(series["SR"]) == 1
     seg = instance_dataset(orthanc, series["SEG"][0])
@@ -132,6 +134,29 @@ def check_results(
     assert report["lesions_present"] is bool(lesion.any())
     assert sum(report["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
     assert any("not for diagnosis" in text.lower() for text in report["statements"])
+    # The "AI summary" series: one key image per chosen lesion slice (from the
+    # SEG's mask, read back independently), then the summary page.
+    (sc_series,) = series["OT"]
+    expected = len(select_key_slices(lesion, slice_spacing_mm=volume.geometry.spacing[0])) + 1
+    sc_ids = orthanc.wait_for(
+        lambda: (ids if len(ids := orthanc.instances_of_series(sc_series["ID"])) == expected
+                 else None),
+        RESULT_TIMEOUT, what=f"{expected} SC images in Orthanc",
+    )
+    pages = sorted(
+        (pydicom.dcmread(io.BytesIO(orthanc.instance_file(i))) for i in sc_ids),
+        key=lambda ds: int(ds.InstanceNumber),
+    )
+    for number, page in enumerate(pages, start=1):
+        path = tmp_path / f"sc-{number}.dcm"
+        page.save_as(path)
+        assert dciodvfy_errors(path) == [], f"dciodvfy errors in SC image {number}"
+        assert int(page.InstanceNumber) == number and str(page.SeriesNumber) == "9003"
+        assert page.SeriesDescription == "AI summary (research)"
+        assert page.StudyInstanceUID == study_uid
+    for page in pages[:-1]:
+        (source,) = page.SourceImageSequence
+        assert source.ReferencedSOPInstanceUID in volume.sop_instance_uids
     return seg, sr, lesion
 
 

@@ -378,13 +378,14 @@ def test_scu_stalling_mid_series_with_the_association_open_gives_one_job(
             reasons = [(e.to_state, e.reason) for e in job_events(session, jobs[0].id)]
             objects = result_objects_for_job(session, jobs[0].id)
     assert (JobState.COMPLETE, f"quiet for {QUIET:g} s, 24 instance(s)") in reasons
-    assert [o.kind for o in objects] == ["seg", "sr"]
+    kinds = [o.kind for o in objects]
+    assert kinds[:2] == ["seg", "sr"] and set(kinds[2:]) == {"sc"}, kinds
     seg = pydicom.dcmread(settings.results_dir / objects[0].file_path)
     referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
     assert {str(item.ReferencedSOPInstanceUID) for item in referenced} == {
         str(ds.SOPInstanceUID) for ds in datasets
     }
-    assert len(list(settings.results_dir.rglob("*.dcm"))) == 2
+    assert len(list(settings.results_dir.rglob("*.dcm"))) == len(objects)
     assert [r for r in caplog.records if "still open" in r.getMessage()
             and series in r.getMessage() and "'MODALITY'" in r.getMessage()]
 

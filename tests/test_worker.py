@@ -139,11 +139,11 @@ def test_series_sent_by_cstore_reaches_the_destination_as_seg_and_sr(
     assert [event.to_state for event in events] == FLOW
     assert events[2].reason == "CT axial 24 slices 8.0 mm"
     received = sorted(pacs_dir.iterdir())
-    assert len(received) == 2
+    assert len(received) == len(objects) >= 3  # SEG, SR, at least the SC summary page
     delivered = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, received)}
     assert set(delivered) == {obj.sop_instance_uid for obj in objects}
     by_modality = {str(ds.Modality): ds for ds in delivered.values()}
-    assert set(by_modality) == {"SEG", "SR"}
+    assert set(by_modality) == {"SEG", "SR", "OT"}
     seg, sr = by_modality["SEG"], by_modality["SR"]
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
     assert seg.SeriesNumber == 9001 and sr.SeriesNumber == 9002
@@ -151,12 +151,62 @@ def test_series_sent_by_cstore_reaches_the_destination_as_seg_and_sr(
     assert summary is not None
     assert set(summary["class_probabilities"]) == {"covid19", "cap", "no_pneumonia"}
     assert summary["objects"]["seg"]["sop_instance_uid"] == str(seg.SOPInstanceUID)
+    assert [item["sop_instance_uid"] for item in summary["objects"]["sc"]] == [
+        obj.sop_instance_uid for obj in objects if obj.kind == "sc"
+    ]
+    assert "gsps" not in summary["objects"]  # no destination asked for it
     assert summary["source_series_instance_uid"] == series_uid
     assert "Research use only" in summary["intended_use"]
     # INFO lines name jobs and series by id and UID, never the patient.
     info = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
     assert f"job {jobs[0].id} (series {series_uid}): queued" in info
     assert "PHANTOM^COVID19" not in info and "PHANTOM-3" not in info
+
+
+@pytest.mark.e2e
+def test_each_destination_gets_the_objects_it_asks_for(tmp_path: Path, model_dir: Path) -> None:
+    paths = write_datasets(tmp_path / "ct", chest_datasets())
+    series_uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
+    folders = {name: tmp_path / name for name in ("default", "plain", "weasis")}
+    with dcmtk_storescp(folders["default"]) as default_port, \
+            dcmtk_storescp(folders["plain"]) as plain_port, \
+            dcmtk_storescp(folders["weasis"]) as weasis_port:
+        settings = node_settings(
+            tmp_path, model_dir=model_dir, port=free_port(),
+            destinations=[
+                Destination("default", "STORESCP", "127.0.0.1", default_port),
+                Destination("plain", "STORESCP", "127.0.0.1", plain_port, ("seg", "sr")),
+                Destination("weasis", "STORESCP", "127.0.0.1", weasis_port, ("sr", "gsps")),
+            ],
+        )
+        with Node(settings, intra_op_threads=1) as node:
+            sent = run_dcmtk(["storescu", "-aet", "MODALITY", "-aec", "DEEPSC", "127.0.0.1",
+                              str(node.port), *map(str, paths)])
+            assert sent.returncode == 0, sent.stderr
+            assert node.wait_idle(60)
+            assert node.session_factory is not None
+            with node.session_factory() as session:
+                (job,) = jobs_for_series(session, series_uid)
+                objects = result_objects_for_job(session, job.id)
+                summary = result_summary(session, job.id)
+    assert job.state is JobState.EXPORTED
+    kinds = [o.kind for o in objects]
+    assert kinds[:2] == ["seg", "sr"] and kinds[-1] == "gsps"
+    assert set(kinds[2:-1]) == {"sc"}
+    uids = {kind: [o.sop_instance_uid for o in objects if o.kind == kind] for kind in kinds}
+    received = {
+        name: sorted((str(ds.Modality), str(ds.SOPInstanceUID))
+                     for ds in (pydicom.dcmread(f, stop_before_pixels=True)
+                                for f in folder.iterdir()))
+        for name, folder in folders.items()
+    }
+    seg, sr, gsps = ("SEG", uids["seg"][0]), ("SR", uids["sr"][0]), ("PR", uids["gsps"][0])
+    assert received["default"] == sorted([seg, sr, *(("OT", uid) for uid in uids["sc"])])
+    assert received["plain"] == sorted([seg, sr])
+    assert received["weasis"] == sorted([sr, gsps])
+    assert summary is not None
+    assert summary["objects"]["gsps"]["sop_instance_uid"] == uids["gsps"][0]
+    assert [item["sop_instance_uid"] for item in summary["objects"]["sc"]] == uids["sc"]
 
 
 @pytest.mark.e2e
@@ -215,7 +265,8 @@ def test_worker_writes_records_and_finishes_without_destinations(
     with db_factory() as session:
         objects = result_objects_for_job(session, job.id)
         events = job_events(session, job.id)
-    assert [o.kind for o in objects] == ["seg", "sr"]
+    kinds = [o.kind for o in objects]
+    assert kinds[:2] == ["seg", "sr"] and set(kinds[2:]) == {"sc"}, kinds
     for obj in objects:
         path = stores[1].root / obj.file_path
         header = pydicom.dcmread(path, stop_before_pixels=True)

@@ -3,7 +3,9 @@
 No network, no node database: the files are grouped by series, each series
 goes through the same selection rules and the same
 :class:`~pacs_node.processing.SeriesProcessor` as in the node, and each
-processed series gets ``OUT/<SeriesInstanceUID>/seg.dcm``, ``sr.dcm`` and
+processed series gets ``OUT/<SeriesInstanceUID>/seg.dcm``, ``sr.dcm``, the
+"AI summary" Secondary Capture images ``sc-1.dcm`` ... ``sc-<n>.dcm`` (key
+images, then the summary page), ``gsps.dcm`` with ``--gsps``, and
 ``result.json``.
 """
 from __future__ import annotations
@@ -30,13 +32,16 @@ examples:
   deepsc-node process ./study --out ./results
   deepsc-node process /data/ct --out /tmp/out --model-dir /opt/models/site-1.0
   deepsc-node process ./study --out ./results --set selection.min_slices=10
+  deepsc-node process ./study --out ./results --gsps
 
 Every file under DIR (recursively; hidden files and DICOMDIR skipped) is read;
 files are grouped by Series Instance UID. Each series that passes the
 selection rules (settings [selection]) is turned into a volume, run through
 the model and encoded; the command writes OUT/<series-uid>/seg.dcm (DICOM-SEG),
-sr.dcm (TID 1500 SR) and result.json (class probabilities, lesion
-measurements, object UIDs). Other series are listed with the reason they were
+sr.dcm (TID 1500 SR), sc-1.dcm ... sc-N.dcm (the "AI summary" Secondary
+Capture series: key images with the lesion outline, then the summary page),
+gsps.dcm with --gsps (presentation state with the lesion outlines) and
+result.json (class probabilities, lesion measurements, object UIDs). Other series are listed with the reason they were
 skipped. Exit status 0 when at least one series was processed, 1 otherwise,
 2 for invalid settings.
 
@@ -126,11 +131,15 @@ def _write_outputs(out: Path, processed: Any) -> Path:
 
     folder = out / processed.series_instance_uid
     folder.mkdir(parents=True, exist_ok=True)
-    files = {}
+    files: dict[str, Any] = {}
     for kind, dataset in processed.datasets():
-        name = f"{kind}.dcm"
+        if kind == "sc":
+            name = f"sc-{int(dataset.InstanceNumber)}.dcm"
+            files.setdefault(kind, []).append(name)
+        else:
+            name = f"{kind}.dcm"
+            files[kind] = name
         (folder / name).write_bytes(dataset_bytes(dataset))
-        files[kind] = name
     summary = processed.summary()
     summary["files"] = files
     (folder / "result.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -186,7 +195,9 @@ def process(args: argparse.Namespace) -> int:
         print(f"{prefix}: {selection.reason}: processing", flush=True)
         if processor is None:
             try:
-                processor = SeriesProcessor.from_settings(settings)
+                processor = SeriesProcessor.from_settings(
+                    settings, presentation_state=bool(getattr(args, "gsps", False))
+                )
             except (ModelLoadError, ManifestError) as exc:
                 print(
                     f"deepsc-node process: cannot load the model in {settings.model_dir}: {exc}",
@@ -231,7 +242,8 @@ def register(subparsers: Any) -> None:
         "process",
         help="run the pipeline on a folder of DICOM files (offline)",
         description="Run selection, model and encoding on the DICOM files of a folder "
-        "and write SEG, SR and result.json per series. No network, no node database.",
+        "and write SEG, SR, the AI summary Secondary Capture images (and with --gsps a "
+        "presentation state) and result.json per series. No network, no node database.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -240,6 +252,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--out", type=Path, required=True, metavar="OUT", help="output folder (created)"
+    )
+    parser.add_argument(
+        "--gsps",
+        action="store_true",
+        help="also write gsps.dcm: a Grayscale Softcopy Presentation State with the "
+        "lesion outlines on the source images (lung window)",
     )
     add_settings_arguments(parser)
     parser.set_defaults(func=process)
