@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-import highdicom as hd
 import httpx
 import numpy as np
 import pydicom
@@ -27,7 +26,6 @@ from storage import (
     make_session_factory,
     result_summary,
 )
-from storage.models import ResultObjectRow
 from storage.queries import key_image_object
 from storage.triage import TriageRecord, get_triage
 from tests.api_fixtures import ApiNode, api_node, process_series
@@ -272,49 +270,13 @@ def test_readiness_is_503_when_the_database_is_unreachable(tmp_path: Path) -> No
 
 
 def key_image(api: ApiNode, job: JobRecord) -> Path:
-    """The file of the job's first SC result object (its key image).
-
-    The node writes it with the SC "AI summary" series; on a branch without
-    that series the test writes one as the worker would: a highdicom SC
-    built from a slice of the job's series (lung window, a red square),
-    recorded as the job's ``sc`` result object.
-    """
+    """The file of the job's first SC result object: the key image the node wrote."""
     factory = api.node.session_factory
     assert factory is not None
     with factory() as session:
         found = key_image_object(session, job.id)
-        if found is not None:
-            return api.node.result_store.root / found.file_path
-    source = sorted(api.node.instance_store.root.rglob("*.dcm"))
-    ct = next(
-        ds for ds in (pydicom.dcmread(p) for p in source)
-        if str(ds.SeriesInstanceUID) == job.series_instance_uid
-    )
-    hu = ct.pixel_array * float(ct.RescaleSlope) + float(ct.RescaleIntercept)
-    gray = np.clip((hu + 1350.0) / 1500.0 * 255.0, 0, 255).astype(np.uint8)
-    rgb = np.stack([gray] * 3, axis=-1)
-    rgb[20:40, 20:40] = (255, 0, 0)
-    series_uid, sop_uid = hd.UID(), hd.UID()
-    spacing = (float(ct.PixelSpacing[0]), float(ct.PixelSpacing[1]))
-    sc = hd.sc.SCImage.from_ref_dataset(
-        ct, rgb, "RGB", 8, "PATIENT", series_uid, 9003, sop_uid, 1, "deepsc-node tests",
-        pixel_spacing=spacing,  # type: ignore[arg-type]  # highdicom annotates floats as int
-        patient_orientation=("L", "P"),
-    )
-    buffer = io.BytesIO()
-    sc.save_as(buffer, enforce_file_format=True)
-    stored = api.node.result_store.write(
-        job.study_instance_uid, series_uid, sop_uid, buffer.getvalue()
-    )
-    with factory.begin() as session:
-        session.add(ResultObjectRow(
-            job_id=job.id, kind="sc", sop_class_uid=str(sc.SOPClassUID),
-            sop_instance_uid=sop_uid, series_instance_uid=series_uid,
-            study_instance_uid=job.study_instance_uid,
-            file_path=api.node.result_store.relative_path(stored.path),
-            sha256=stored.sha256, size=stored.size, created_at=datetime.now(timezone.utc),
-        ))
-    return stored.path
+    assert found is not None, f"job {job.id} has no SC result object"
+    return api.node.result_store.root / found.file_path
 
 
 def test_thumbnail_is_the_downscaled_key_image(api: ApiNode, tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Two synthetic chest series go through the node by C-STORE; the page, signed
 in through its login form, must list both studies in triage order with the
-recorded flag, priority and state, show the research-use line, fit the
+recorded flag, priority and state and the thumbnail of the key image (a
+placeholder for the study that was not analysed), show the research-use line, fit the
 phone's width, refresh itself, and keep the token out of page-readable
 storage. Screenshots go to ``test-artifacts/worklist/`` and `tmp_path`.
 """
@@ -82,10 +83,11 @@ def test_processed_studies_appear_in_triage_order_with_their_flag(
         assert card["flag"] == expected.flag
         assert card["priority"] == expected.priority
         assert card["state"] == job.state.value
-        if card["thumbnail"] is not None:  # the node wrote an SC key image
-            assert card["thumbnail"]["width"] > 0, card
-        else:
-            assert card["placeholder"] == "no image"
+        if job.state is JobState.EXPORTED:  # the key image of its SC "AI summary" series
+            assert card["thumbnail"]["src"] == f"/api/jobs/{job.id}/thumbnail.png", card
+            assert card["thumbnail"]["width"] > 0, card  # the PNG loaded
+        else:  # not analysed: no result objects
+            assert card["thumbnail"] is None and card["placeholder"] == "no image"
     order = [card["studyUid"] for card in result["cards"] if card["studyUid"] in triage]
     ranks = [triage[uid].rank for uid in order]
     assert ranks == sorted(ranks), order
