@@ -181,6 +181,8 @@ def test_metrics_change_after_a_processed_study(api: ApiNode, tmp_path: Path) ->
         assert new[count] - old[count] == 1
         assert new[(f"{histogram}_sum", ())] > old[(f"{histogram}_sum", ())]
         assert new[(f"{histogram}_bucket", (("le", "+Inf"),))] == new[count]
+    triage = sum(v for (name, _), v in new.items() if name == "deepsc_triage_total")
+    assert triage - sum(v for (name, _), v in old.items() if name == "deepsc_triage_total") == 1
     assert new[("deepsc_database_up", ())] == 1
     assert new[("deepsc_export_failures_total", ())] == 0
     assert sum(v for (name, _), v in new.items() if name == "deepsc_results_total") == len(
