@@ -7,11 +7,13 @@ C-STORE; the API is reached over real HTTP with httpx.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -54,8 +56,12 @@ class ApiNode:
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=10.0)
 
 
-def api_node(workdir: Path, model_dir: Path, **http: object) -> Iterator[ApiNode]:
-    """Start a node whose token is generated into its data directory; stop it after."""
+@contextlib.contextmanager
+def api_node(workdir: Path, model_dir: Path, **overrides: Any) -> Iterator[ApiNode]:
+    """Start a node whose token is generated into its data directory; stop it after.
+
+    `overrides` are settings (``database_url``...) passed to ``node_settings``.
+    """
     logs = LogCollector()
     root = logging.getLogger()
     root.addHandler(logs)
@@ -65,7 +71,8 @@ def api_node(workdir: Path, model_dir: Path, **http: object) -> Iterator[ApiNode
         workdir,
         model_dir=model_dir,
         port=free_port(),
-        http=HTTPSettings(port=free_port(), worklist_refresh=1.0, **http),  # type: ignore[arg-type]
+        http=HTTPSettings(port=free_port(), worklist_refresh=1.0),
+        **overrides,
     )
     try:
         with Node(settings, intra_op_threads=1) as node:

@@ -31,6 +31,7 @@ from storage.triage import TriageRecord, get_triage
 from tests.api_fixtures import ApiNode, api_node, process_series
 from tests.node_fixtures import node_settings, tiny_model
 from tests.peers import free_port
+from tests.test_node import postgres_url  # noqa: F401  (fixture)
 
 #: Every protected route (method, path); job 1 and its thumbnail exist after processing.
 PROTECTED: tuple[tuple[str, str], ...] = (
@@ -64,7 +65,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[ApiNode]:
-    yield from api_node(tmp_path_factory.mktemp("node"), model_dir)
+    with api_node(tmp_path_factory.mktemp("node"), model_dir) as running:
+        yield running
 
 
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -343,3 +345,30 @@ def test_no_http_switches_the_api_off(tmp_path: Path, model_dir: Path) -> None:
         with pytest.raises(RuntimeError, match="HTTP API is not running"):
             node.http_port
     assert not (settings.data_dir / "http-token").exists()
+
+
+@pytest.mark.postgres
+def test_api_and_metrics_on_postgresql(
+    tmp_path: Path, model_dir: Path, postgres_url: str
+) -> None:
+    # The JSON paths of the result summary (measurements, timings) on PostgreSQL.
+    with api_node(tmp_path / "node", model_dir, database_url=postgres_url) as api:
+        short = process_series(api, tmp_path / "short", seed=7, slices=8)
+        job = process_series(api, tmp_path / "ct", seed=3)
+        with api.client() as client:
+            studies = client.get("/api/studies").json()["studies"]
+            detail = client.get(f"/api/jobs/{job.id}").json()
+            metrics = metric_samples(client.get("/metrics").text)
+            ready = client.get("/ready").json()
+    assert ready["ready"] is True
+    assert [s["study_instance_uid"] for s in studies] == [
+        job.study_instance_uid, short.study_instance_uid
+    ]  # urgent before routine, although the short series came first
+    assert studies[0]["predicted_class"] == detail["measurements"]["predicted_class"]
+    assert detail["measurements"]["total_lesion_volume_ml"] > 0
+    assert detail["thumbnail_url"] == f"/api/jobs/{job.id}/thumbnail.png"
+    assert metrics[("deepsc_instances_received_total", ())] == 32
+    assert metrics[("deepsc_jobs", (("state", "rejected"),))] == 1
+    assert metrics[("deepsc_inference_seconds_count", ())] == 1
+    assert metrics[("deepsc_processing_seconds_sum", ())] > 0
+    assert metrics[("deepsc_triage_total", (("priority", "routine"),))] == 1

@@ -30,7 +30,8 @@ ARTIFACTS = REPO_ROOT / "test-artifacts" / "worklist"
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiNode]:
     model_dir = tiny_model(tmp_path_factory.mktemp("model"))
-    yield from api_node(tmp_path_factory.mktemp("node"), model_dir)
+    with api_node(tmp_path_factory.mktemp("node"), model_dir) as running:
+        yield running
 
 
 def run_page_check(api: ApiNode, studies: list[str], screenshots: list[Path],
