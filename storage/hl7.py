@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.errors import ExportStateError, NotFoundError
@@ -33,6 +33,7 @@ __all__ = [
     "HL7StudyContext",
     "due_hl7_messages",
     "enqueue_hl7_message",
+    "hl7_message_counts",
     "hl7_messages_for_job",
     "hl7_study_context",
     "record_hl7_attempt",
@@ -286,3 +287,14 @@ def hl7_messages_for_job(session: Session, job_id: int) -> list[HL7MessageRecord
         select(HL7MessageRow).where(HL7MessageRow.job_id == job_id).order_by(HL7MessageRow.id)
     ).all()
     return [HL7MessageRecord.from_row(row) for row in rows]
+
+
+def hl7_message_counts(session: Session) -> dict[HL7MessageState, int]:
+    """Messages of the outbox by state (every state, zeros included)."""
+    counts = dict.fromkeys(HL7MessageState, 0)
+    rows = session.execute(
+        select(HL7MessageRow.state, func.count()).group_by(HL7MessageRow.state)
+    ).all()
+    for state, count in rows:
+        counts[HL7MessageState(state)] = int(count)
+    return counts

@@ -1,4 +1,4 @@
-"""Storage of triage flags and of the HL7 outbox (migration 0003, ``storage.triage``, ``storage.hl7``).
+"""Storage of triage flags and of the HL7 outbox (migration 0003, triage and hl7 modules).
 
 Run on SQLite and on the local PostgreSQL (``tests.storage_fixtures``).
 """
