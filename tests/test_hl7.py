@@ -24,10 +24,19 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage
 from sqlalchemy.orm import Session, sessionmaker
 
-from config import DEFAULT_UID_ROOT, HL7Destination, RetryPolicy, SelectionRules, TriageRules
+from config import (
+    DEFAULT_UID_ROOT,
+    Destination,
+    HL7Destination,
+    RetryPolicy,
+    SelectionRules,
+    TriageRules,
+)
 from inference.pipeline import InferencePipeline
+from pacs_node import scu
 from pacs_node.hl7.message import build_oru_r01, escape
 from pacs_node.hl7.sender import HL7Sender
+from pacs_node.node import Node
 from pacs_node.processing import SeriesProcessor
 from pacs_node.receiver import StorageReceiver
 from pacs_node.triage import TriageDecision, TriageRecorder
@@ -51,7 +60,15 @@ from storage import (
     transition_job,
 )
 from tests.hl7_fixtures import MLLPListener
-from tests.node_fixtures import chest_datasets, migrated_database, tiny_model, wait_until
+from tests.node_fixtures import (
+    chest_datasets,
+    migrated_database,
+    node_settings,
+    received_instance,
+    tiny_model,
+    wait_until,
+    write_datasets,
+)
 from tests.peers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -88,8 +105,6 @@ def stores(tmp_path: Path) -> tuple[InstanceStore, ResultStore]:
 def receive(factory: sessionmaker[Session], store: InstanceStore,
             datasets: list[Dataset]) -> JobRecord:
     """Store and record a series as the SCP does; its job is ``received``."""
-    from tests.node_fixtures import received_instance
-
     receiver = StorageReceiver(store, factory)
     for ds in datasets:
         ds.AccessionNumber = ACCESSION
@@ -359,7 +374,6 @@ def test_a_crash_while_waiting_for_the_ack_loses_nothing(tmp_path: Path) -> None
     url = f"sqlite:///{tmp_path / 'node.sqlite3'}"
     with MLLPListener(answers=["HANG"]) as listener:
         script = textwrap.dedent(f"""
-            from datetime import datetime, timezone
             from config import HL7Destination, RetryPolicy
             from pacs_node.hl7.sender import HL7Sender
             from storage import create_database_engine, make_session_factory, upgrade_database
@@ -432,3 +446,39 @@ def test_free_text_is_escaped_and_parses_back() -> None:
     assert message.unescape(str(message.segment("OBR")(2))) == "X|1"
     assert str(message.segment("MSH")(7)) == "20261126230000+0000"
     assert str(message.segment("MSH")(18)) == "UNICODE UTF-8"
+
+
+# -- the node: C-STORE in, ORU^R01 out ------------------------------------------------------
+
+
+def test_node_sends_an_oru_for_a_series_it_processed(tmp_path: Path) -> None:
+    datasets = chest_datasets()
+    for ds in datasets:
+        ds.AccessionNumber = "ACC-42"
+    paths = write_datasets(tmp_path / "ct", datasets)
+    with MLLPListener(answers=["AE"]) as listener:  # the first attempt is refused
+        settings = node_settings(
+            tmp_path, model_dir=tiny_model(tmp_path / "model"), port=free_port(),
+            initial_backoff=0.1, max_backoff=0.2,
+            hl7_destinations=(destination(listener.port),),
+        )
+        with Node(settings, intra_op_threads=1) as node:
+            report = scu.send(Destination("node", "DEEPSC", "127.0.0.1", node.port), paths,
+                              calling_ae="MODALITY")
+            assert report.ok
+            assert node.wait_idle(60)
+            texts = wait_until(lambda: listener.messages()[1:], 30, "the retried ORU")
+            factory = node.session_factory
+            assert factory is not None
+            with factory() as session:
+                (job,) = jobs_for_series(session, str(datasets[0].SeriesInstanceUID))
+                triage = get_triage(session, job.id)
+            wait_until(lambda: only_message(factory, job.id).state is HL7MessageState.SENT,
+                       10, "message sent")
+    assert triage is not None and job.state is JobState.EXPORTED
+    message = parsed(texts[0])
+    assert comp(message.segment("OBR"), 2) == "ACC-42"
+    assert comp(message.segment("PID"), 3) == datasets[0].PatientID
+    obx = observations(message)
+    assert obx["113014"][0][1] == f"{datasets[0].StudyInstanceUID}^^ISO"
+    assert (obx["FLAG"][0][1], obx["PRIORITY"][0][1]) == (triage.flag, triage.priority)
