@@ -25,11 +25,13 @@ from pydicom.uid import CTImageStorage
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import (
+    DEFAULT_TRIAGE_RULES,
     DEFAULT_UID_ROOT,
     Destination,
     HL7Destination,
     RetryPolicy,
     SelectionRules,
+    TriageRule,
     TriageRules,
 )
 from inference.pipeline import InferencePipeline
@@ -451,7 +453,9 @@ def test_free_text_is_escaped_and_parses_back() -> None:
 # -- the node: C-STORE in, ORU^R01 out ------------------------------------------------------
 
 
-def test_node_sends_an_oru_for_a_series_it_processed(tmp_path: Path) -> None:
+def test_node_sends_an_oru_for_a_series_it_processed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     datasets = chest_datasets()
     for ds in datasets:
         ds.AccessionNumber = "ACC-42"
@@ -461,8 +465,13 @@ def test_node_sends_an_oru_for_a_series_it_processed(tmp_path: Path) -> None:
             tmp_path, model_dir=tiny_model(tmp_path / "model"), port=free_port(),
             initial_backoff=0.1, max_backoff=0.2,
             hl7_destinations=(destination(listener.port),),
+            triage=TriageRules(rules=(*DEFAULT_TRIAGE_RULES,
+                                      TriageRule("tumour", "tumour", "high", class_key="tumour"))),
         )
-        with Node(settings, intra_op_threads=1) as node:
+        with caplog.at_level(logging.WARNING, logger="pacs_node"):
+            node = Node(settings, intra_op_threads=1).start()
+        try:
+            assert "triage rules name class(es) tumour that model" in caplog.text
             report = scu.send(Destination("node", "DEEPSC", "127.0.0.1", node.port), paths,
                               calling_ae="MODALITY")
             assert report.ok
@@ -475,6 +484,8 @@ def test_node_sends_an_oru_for_a_series_it_processed(tmp_path: Path) -> None:
                 triage = get_triage(session, job.id)
             wait_until(lambda: only_message(factory, job.id).state is HL7MessageState.SENT,
                        10, "message sent")
+        finally:
+            node.stop()
     assert triage is not None and job.state is JobState.EXPORTED
     message = parsed(texts[0])
     assert comp(message.segment("OBR"), 2) == "ACC-42"
