@@ -199,7 +199,7 @@ def test_written_job_gets_triage_and_an_oru_that_the_listener_parses_back(
     assert str(obr(25)) == "F"
     assert "Research use only, not for diagnosis" in str(message.segment("NTE")(3))
     obx = observations(message)
-    assert obx["113014"] == [("", f"{header.StudyInstanceUID}^^ISO", "")]
+    assert obx["113014"] == [("", header.StudyInstanceUID, "")]
     assert obx["FLAG"][0][1] == triage.flag and obx["PRIORITY"][0][1] == triage.priority
     probabilities = {key: float(value) for key, value, _ in obx["PROB"]}
     assert probabilities == pytest.approx(summary["class_probabilities"], abs=1e-4)
@@ -491,5 +491,5 @@ def test_node_sends_an_oru_for_a_series_it_processed(
     assert comp(message.segment("OBR"), 2) == "ACC-42"
     assert comp(message.segment("PID"), 3) == datasets[0].PatientID
     obx = observations(message)
-    assert obx["113014"][0][1] == f"{datasets[0].StudyInstanceUID}^^ISO"
+    assert obx["113014"][0][1] == datasets[0].StudyInstanceUID
     assert (obx["FLAG"][0][1], obx["PRIORITY"][0][1]) == (triage.flag, triage.priority)
