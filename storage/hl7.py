@@ -136,6 +136,11 @@ def enqueue_hl7_message(
 ) -> HL7MessageRecord:
     """Put a message in the outbox, due at once.
 
+    Older messages of the same job to the same destination that are still
+    pending (a job retried after ``failed``) are superseded: they become
+    ``failed`` with ``last_error`` naming the new message, so the receiver
+    never gets a stale triage after the new one.
+
     Parameters
     ----------
     session: sqlalchemy.orm.Session
@@ -170,6 +175,19 @@ def enqueue_hl7_message(
         )
     if not message:
         raise ValueError('Argument "message" should not be empty')
+    older = session.scalars(
+        select(HL7MessageRow)
+        .where(
+            HL7MessageRow.job_id == job_id,
+            HL7MessageRow.destination == destination,
+            HL7MessageRow.state == HL7MessageState.PENDING,
+        )
+        .with_for_update()
+    ).all()
+    for row in older:
+        row.state = HL7MessageState.FAILED
+        row.next_attempt_at = None
+        row.last_error = f"superseded by message {control_id}"
     row = HL7MessageRow(
         job_id=job_id,
         destination=destination,

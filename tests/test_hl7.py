@@ -493,3 +493,25 @@ def test_node_sends_an_oru_for_a_series_it_processed(
     obx = observations(message)
     assert obx["113014"][0][1] == datasets[0].StudyInstanceUID
     assert (obx["FLAG"][0][1], obx["PRIORITY"][0][1]) == (triage.flag, triage.priority)
+
+
+def test_a_message_superseded_while_being_sent_records_nothing(
+    db_factory: sessionmaker[Session],
+) -> None:
+    with MLLPListener() as listener:
+        ris = destination(listener.port)
+        job_id = triaged_job(db_factory, ris)
+        old = only_message(db_factory, job_id)
+        with db_factory.begin() as session:  # the job was retried and triaged again
+            TriageRecorder(TriageRules(), [ris]).record_not_analysed(
+                session, job_id, "model crashed", datetime.now(timezone.utc))
+        sender = HL7Sender(db_factory, destinations=[ris], policy=FAST_RETRY)
+        assert sender.send_one(old) is None
+        assert sender.poll_once() == 1
+        texts = listener.messages()
+    with db_factory() as session:
+        states = [(m.control_id == old.control_id, m.state, m.attempt_count)
+                  for m in hl7_messages_for_job(session, job_id)]
+    assert states == [(True, HL7MessageState.FAILED, 0), (False, HL7MessageState.SENT, 1)]
+    assert len(texts) == 2  # the stale one went out once, unrecorded; the new one was sent
+    assert "not analysed: model crashed" in texts[1]
