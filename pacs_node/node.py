@@ -19,7 +19,10 @@
        (:func:`pacs_node.results.warmup.load_standard_tables`);
     6. re-evaluates jobs left ``complete`` (selection rules);
     7. starts the Storage SCP (:mod:`pacs_node.ae`), then the series watcher,
-       ``Settings.workers`` workers and the exporter. With ``[tls]``
+       ``Settings.workers`` workers and the exporter (and, with
+       ``[[hl7_destinations]]``, the HL7 sender: :mod:`pacs_node.hl7`; the
+       workers and the watcher record each job's triage with its state,
+       :mod:`pacs_node.triage`). With ``[tls]``
        settings the SCP speaks DICOM TLS and destinations with
        ``tls = true`` are reached over TLS (:mod:`pacs_node.tls`); every
        incoming connection is recorded in the ``associations`` audit table
@@ -211,6 +214,18 @@ class Node:
         except (ModelLoadError, ManifestError) as exc:
             raise NodeStartError(f"cannot load the model in {settings.model_dir}: {exc}") from exc
         load_standard_tables()  # not while serving: it holds the GIL ~0.4 s
+        unknown = sorted(
+            {r.class_key for r in settings.triage.rules if r.class_key is not None}
+            - set(self.processor.manifest.class_keys)
+        )
+        if unknown:
+            LOGGER.warning(
+                "triage rules name class(es) %s that model %s does not have (%s); "
+                "those rules never match",
+                ", ".join(unknown),
+                self.processor.manifest.model_name,
+                ", ".join(self.processor.manifest.class_keys),
+            )
         try:
             scp_tls = server_context(settings.tls, handshake_timeout=settings.timeouts.acse)
             scu_tls = (

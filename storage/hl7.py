@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.errors import ExportStateError, NotFoundError
@@ -33,6 +33,7 @@ __all__ = [
     "HL7StudyContext",
     "due_hl7_messages",
     "enqueue_hl7_message",
+    "hl7_message_counts",
     "hl7_messages_for_job",
     "hl7_study_context",
     "record_hl7_attempt",
@@ -135,6 +136,11 @@ def enqueue_hl7_message(
 ) -> HL7MessageRecord:
     """Put a message in the outbox, due at once.
 
+    Older messages of the same job to the same destination that are still
+    pending (a job retried after ``failed``) are superseded: they become
+    ``failed`` with ``last_error`` naming the new message, so the receiver
+    never gets a stale triage after the new one.
+
     Parameters
     ----------
     session: sqlalchemy.orm.Session
@@ -169,6 +175,19 @@ def enqueue_hl7_message(
         )
     if not message:
         raise ValueError('Argument "message" should not be empty')
+    older = session.scalars(
+        select(HL7MessageRow)
+        .where(
+            HL7MessageRow.job_id == job_id,
+            HL7MessageRow.destination == destination,
+            HL7MessageRow.state == HL7MessageState.PENDING,
+        )
+        .with_for_update()
+    ).all()
+    for row in older:
+        row.state = HL7MessageState.FAILED
+        row.next_attempt_at = None
+        row.last_error = f"superseded by message {control_id}"
     row = HL7MessageRow(
         job_id=job_id,
         destination=destination,
@@ -286,3 +305,14 @@ def hl7_messages_for_job(session: Session, job_id: int) -> list[HL7MessageRecord
         select(HL7MessageRow).where(HL7MessageRow.job_id == job_id).order_by(HL7MessageRow.id)
     ).all()
     return [HL7MessageRecord.from_row(row) for row in rows]
+
+
+def hl7_message_counts(session: Session) -> dict[HL7MessageState, int]:
+    """Messages of the outbox by state (every state, zeros included)."""
+    counts = dict.fromkeys(HL7MessageState, 0)
+    rows = session.execute(
+        select(HL7MessageRow.state, func.count()).group_by(HL7MessageRow.state)
+    ).all()
+    for state, count in rows:
+        counts[HL7MessageState(state)] = int(count)
+    return counts

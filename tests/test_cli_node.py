@@ -114,9 +114,12 @@ def test_status_json_while_the_node_runs(tmp_path: Path, model_dir: Path) -> Non
         uid, "rejected", "3 slices < minimum 20"
     )
     assert job["finished_at"] is not None
+    assert (job["flag"], job["priority"]) == ("not analysed: 3 slices < minimum 20", "routine")
+    assert data["hl7"] == {"pending": 0, "sent": 0, "failed": 0}
     assert data["pending_exports"] == []
     assert text.returncode == 0
     assert "rejected 1" in text.stdout and "3 slices < minimum 20" in text.stdout
+    assert "triage: not analysed: 3 slices < minimum 20 (routine)" in text.stdout
 
 
 def test_status_without_a_database_exits_1(tmp_path: Path) -> None:

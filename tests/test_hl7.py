@@ -24,10 +24,21 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage
 from sqlalchemy.orm import Session, sessionmaker
 
-from config import DEFAULT_UID_ROOT, HL7Destination, RetryPolicy, SelectionRules, TriageRules
+from config import (
+    DEFAULT_TRIAGE_RULES,
+    DEFAULT_UID_ROOT,
+    Destination,
+    HL7Destination,
+    RetryPolicy,
+    SelectionRules,
+    TriageRule,
+    TriageRules,
+)
 from inference.pipeline import InferencePipeline
+from pacs_node import scu
 from pacs_node.hl7.message import build_oru_r01, escape
 from pacs_node.hl7.sender import HL7Sender
+from pacs_node.node import Node
 from pacs_node.processing import SeriesProcessor
 from pacs_node.receiver import StorageReceiver
 from pacs_node.triage import TriageDecision, TriageRecorder
@@ -51,7 +62,15 @@ from storage import (
     transition_job,
 )
 from tests.hl7_fixtures import MLLPListener
-from tests.node_fixtures import chest_datasets, migrated_database, tiny_model, wait_until
+from tests.node_fixtures import (
+    chest_datasets,
+    migrated_database,
+    node_settings,
+    received_instance,
+    tiny_model,
+    wait_until,
+    write_datasets,
+)
 from tests.peers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -88,8 +107,6 @@ def stores(tmp_path: Path) -> tuple[InstanceStore, ResultStore]:
 def receive(factory: sessionmaker[Session], store: InstanceStore,
             datasets: list[Dataset]) -> JobRecord:
     """Store and record a series as the SCP does; its job is ``received``."""
-    from tests.node_fixtures import received_instance
-
     receiver = StorageReceiver(store, factory)
     for ds in datasets:
         ds.AccessionNumber = ACCESSION
@@ -182,7 +199,7 @@ def test_written_job_gets_triage_and_an_oru_that_the_listener_parses_back(
     assert str(obr(25)) == "F"
     assert "Research use only, not for diagnosis" in str(message.segment("NTE")(3))
     obx = observations(message)
-    assert obx["113014"] == [("", f"{header.StudyInstanceUID}^^ISO", "")]
+    assert obx["113014"] == [("", header.StudyInstanceUID, "")]
     assert obx["FLAG"][0][1] == triage.flag and obx["PRIORITY"][0][1] == triage.priority
     probabilities = {key: float(value) for key, value, _ in obx["PROB"]}
     assert probabilities == pytest.approx(summary["class_probabilities"], abs=1e-4)
@@ -359,7 +376,6 @@ def test_a_crash_while_waiting_for_the_ack_loses_nothing(tmp_path: Path) -> None
     url = f"sqlite:///{tmp_path / 'node.sqlite3'}"
     with MLLPListener(answers=["HANG"]) as listener:
         script = textwrap.dedent(f"""
-            from datetime import datetime, timezone
             from config import HL7Destination, RetryPolicy
             from pacs_node.hl7.sender import HL7Sender
             from storage import create_database_engine, make_session_factory, upgrade_database
@@ -432,3 +448,70 @@ def test_free_text_is_escaped_and_parses_back() -> None:
     assert message.unescape(str(message.segment("OBR")(2))) == "X|1"
     assert str(message.segment("MSH")(7)) == "20261126230000+0000"
     assert str(message.segment("MSH")(18)) == "UNICODE UTF-8"
+
+
+# -- the node: C-STORE in, ORU^R01 out ------------------------------------------------------
+
+
+def test_node_sends_an_oru_for_a_series_it_processed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    datasets = chest_datasets()
+    for ds in datasets:
+        ds.AccessionNumber = "ACC-42"
+    paths = write_datasets(tmp_path / "ct", datasets)
+    with MLLPListener(answers=["AE"]) as listener:  # the first attempt is refused
+        settings = node_settings(
+            tmp_path, model_dir=tiny_model(tmp_path / "model"), port=free_port(),
+            initial_backoff=0.1, max_backoff=0.2,
+            hl7_destinations=(destination(listener.port),),
+            triage=TriageRules(rules=(*DEFAULT_TRIAGE_RULES,
+                                      TriageRule("tumour", "tumour", "high", class_key="tumour"))),
+        )
+        with caplog.at_level(logging.WARNING, logger="pacs_node"):
+            node = Node(settings, intra_op_threads=1).start()
+        try:
+            assert "triage rules name class(es) tumour that model" in caplog.text
+            report = scu.send(Destination("node", "DEEPSC", "127.0.0.1", node.port), paths,
+                              calling_ae="MODALITY")
+            assert report.ok
+            assert node.wait_idle(60)
+            texts = wait_until(lambda: listener.messages()[1:], 30, "the retried ORU")
+            factory = node.session_factory
+            assert factory is not None
+            with factory() as session:
+                (job,) = jobs_for_series(session, str(datasets[0].SeriesInstanceUID))
+                triage = get_triage(session, job.id)
+            wait_until(lambda: only_message(factory, job.id).state is HL7MessageState.SENT,
+                       10, "message sent")
+        finally:
+            node.stop()
+    assert triage is not None and job.state is JobState.EXPORTED
+    message = parsed(texts[0])
+    assert comp(message.segment("OBR"), 2) == "ACC-42"
+    assert comp(message.segment("PID"), 3) == datasets[0].PatientID
+    obx = observations(message)
+    assert obx["113014"][0][1] == datasets[0].StudyInstanceUID
+    assert (obx["FLAG"][0][1], obx["PRIORITY"][0][1]) == (triage.flag, triage.priority)
+
+
+def test_a_message_superseded_while_being_sent_records_nothing(
+    db_factory: sessionmaker[Session],
+) -> None:
+    with MLLPListener() as listener:
+        ris = destination(listener.port)
+        job_id = triaged_job(db_factory, ris)
+        old = only_message(db_factory, job_id)
+        with db_factory.begin() as session:  # the job was retried and triaged again
+            TriageRecorder(TriageRules(), [ris]).record_not_analysed(
+                session, job_id, "model crashed", datetime.now(timezone.utc))
+        sender = HL7Sender(db_factory, destinations=[ris], policy=FAST_RETRY)
+        assert sender.send_one(old) is None
+        assert sender.poll_once() == 1
+        texts = listener.messages()
+    with db_factory() as session:
+        states = [(m.control_id == old.control_id, m.state, m.attempt_count)
+                  for m in hl7_messages_for_job(session, job_id)]
+    assert states == [(True, HL7MessageState.FAILED, 0), (False, HL7MessageState.SENT, 1)]
+    assert len(texts) == 2  # the stale one went out once, unrecorded; the new one was sent
+    assert "not analysed: model crashed" in texts[1]

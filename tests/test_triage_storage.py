@@ -1,4 +1,4 @@
-"""Storage of triage flags and of the HL7 outbox (migration 0003, ``storage.triage``, ``storage.hl7``).
+"""Storage of triage flags and of the HL7 outbox (migration 0003, triage and hl7 modules).
 
 Run on SQLite and on the local PostgreSQL (``tests.storage_fixtures``).
 """
@@ -183,3 +183,21 @@ def test_outbox_gives_up_after_max_attempts(db_session: Session) -> None:
         with db_session.begin_nested():
             enqueue_hl7_message(db_session, job, destination="ris", control_id="DSC0000002",
                                 message="MSH", now=T0)
+
+
+def test_a_new_message_for_the_same_job_and_destination_supersedes_a_pending_one(
+    db_session: Session,
+) -> None:
+    job = _job(db_session, 9)
+    first = enqueue_hl7_message(db_session, job, destination="ris", control_id="DSC0000003",
+                                message="MSH|1", now=T0)
+    other = enqueue_hl7_message(db_session, job, destination="other", control_id="DSC0000004",
+                                message="MSH|1", now=T0)
+    second = enqueue_hl7_message(db_session, job, destination="ris", control_id="DSC0000005",
+                                 message="MSH|2", now=T0)
+    by_id = {m.id: m for m in hl7_messages_for_job(db_session, job)}
+    assert (by_id[first.id].state, by_id[first.id].last_error) == (
+        HL7MessageState.FAILED, "superseded by message DSC0000005")
+    assert by_id[other.id].state is HL7MessageState.PENDING
+    assert by_id[second.id].state is HL7MessageState.PENDING
+    assert [m.id for m in due_hl7_messages(db_session, T0)] == [other.id, second.id]

@@ -135,8 +135,10 @@ def collect_status(database_url: str, limit: int = 20) -> dict[str, Any]:
     -------
     dict[str, Any]
         ``database`` (URL without password), ``jobs`` ({state: count}),
-        ``exports`` ({status: count}), ``recent_jobs`` (list of dicts) and
-        ``pending_exports`` (list of dicts). No PHI.
+        ``exports`` ({status: count}), ``recent_jobs`` (list of dicts, with
+        the triage ``flag`` and ``priority``, ``None`` when not triaged),
+        ``pending_exports`` (list of dicts) and ``hl7`` ({state: count} of
+        the HL7 outbox). No PHI.
 
     Raises
     ------
@@ -149,8 +151,10 @@ def collect_status(database_url: str, limit: int = 20) -> dict[str, Any]:
         ExportStatus,
         due_exports,
         exports_for_job,
+        hl7_message_counts,
         make_session_factory,
         status_overview,
+        triage_for_jobs,
     )
 
     engine = open_existing_database(database_url)
@@ -166,6 +170,8 @@ def collect_status(database_url: str, limit: int = 20) -> dict[str, Any]:
                 for record in exports_for_job(session, job_id)
                 if record.status is ExportStatus.PENDING
             ]
+            triage = triage_for_jobs(session, [job.id for job in overview.recent_jobs])
+            hl7_counts = hl7_message_counts(session)
     finally:
         engine.dispose()
     return {
@@ -185,6 +191,8 @@ def collect_status(database_url: str, limit: int = 20) -> dict[str, Any]:
                 "started_at": iso_seconds(job.started_at),
                 "finished_at": iso_seconds(job.finished_at),
                 "run_count": job.run_count,
+                "flag": triage[job.id].flag if job.id in triage else None,
+                "priority": triage[job.id].priority if job.id in triage else None,
             }
             for job in overview.recent_jobs
         ],
@@ -199,6 +207,7 @@ def collect_status(database_url: str, limit: int = 20) -> dict[str, Any]:
             }
             for record in pending
         ],
+        "hl7": {state.value: count for state, count in hl7_counts.items()},
     }
 
 
@@ -220,6 +229,9 @@ def format_status(data: dict[str, Any]) -> str:
     lines.append(
         "exports: " + ", ".join(f"{status} {count}" for status, count in data["exports"].items())
     )
+    lines.append(
+        "HL7 messages: " + ", ".join(f"{state} {count}" for state, count in data["hl7"].items())
+    )
     lines.append("")
     if data["recent_jobs"]:
         lines.append("recent jobs (most recently changed first):")
@@ -231,6 +243,9 @@ def format_status(data: dict[str, Any]) -> str:
             )
             if job["reason"]:
                 lines.append(f"  {'':>5}  {'':<9} {'':<25} {job['reason']}")
+            if job["flag"]:
+                triage = f"triage: {job['flag']} ({job['priority']})"
+                lines.append(f"  {'':>5}  {'':<9} {'':<25} {triage}")
     else:
         lines.append("no jobs yet")
     if data["pending_exports"]:

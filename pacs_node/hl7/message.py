@@ -11,7 +11,7 @@ Segments (separated by CR, default delimiters ``|^~\\&``, UTF-8, MSH-18
          OBR-7 study date, OBR-18 accession, OBR-22 now, OBR-24 CT,
          OBR-25 result status F
     NTE  "Research use only, not for diagnosis..."
-    OBX  113014^DICOM Study^DCM        HD  Study Instance UID (ISO)
+    OBX  113014^DICOM Study^DCM        HD  Study Instance UID
     OBX  FLAG^Triage flag^99DSC        ST  e.g. COVID-19 pattern
     OBX  PRIORITY^Triage priority^99DSC ST urgent | high | routine | low
     OBX  PROB^Class probability^99DSC  NM  one per class, OBX-4 = class key
@@ -202,7 +202,7 @@ def build_oru_r01(
     nte = _segment("NTE", ["1", "L", escape(RESEARCH_NOTE)])
 
     observations: list[tuple[str, str, str, str, str, str]] = [
-        ("HD", "113014^DICOM Study^DCM", "", f"{context.study_instance_uid}^^ISO", "", ""),
+        ("HD", "113014^DICOM Study^DCM", "", context.study_instance_uid, "", ""),
         ("ST", "FLAG", "Triage flag", escape(decision.flag), "", ""),
         ("ST", "PRIORITY", "Triage priority", decision.priority, "", ""),
     ]

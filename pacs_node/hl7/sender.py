@@ -38,7 +38,7 @@ from storage import (
     hl7_study_context,
     record_hl7_attempt,
 )
-from storage.errors import NotFoundError
+from storage.errors import ExportStateError, NotFoundError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -118,13 +118,17 @@ class HL7Sender(PollingLoop):
             attempted += 1
         return attempted
 
-    def send_one(self, message: HL7MessageRecord, study_uid: str = "?") -> HL7MessageRecord:
+    def send_one(
+        self, message: HL7MessageRecord, study_uid: str = "?"
+    ) -> HL7MessageRecord | None:
         """Send one message, check its ACK and record the attempt.
 
         Returns
         -------
-        storage.HL7MessageRecord
-            The message after the attempt.
+        storage.HL7MessageRecord | None
+            The message after the attempt; ``None`` when it was superseded by
+            a newer message of its job while it was being sent (nothing
+            recorded).
         """
         destination = self.destinations.get(message.destination)
         if destination is None:
@@ -143,16 +147,25 @@ class HL7Sender(PollingLoop):
                 result = AckResult(False, None, str(exc))
             else:
                 result = check_ack(answer, message.control_id)
-        with self.session_factory.begin() as session:
-            record = record_hl7_attempt(
-                session,
-                message.id,
-                finished_at=self.clock(),
-                success=result.accepted,
-                policy=self.policy,
-                ack_code=result.code,
-                error=result.error,
+        try:
+            with self.session_factory.begin() as session:
+                record = record_hl7_attempt(
+                    session,
+                    message.id,
+                    finished_at=self.clock(),
+                    success=result.accepted,
+                    policy=self.policy,
+                    ack_code=result.code,
+                    error=result.error,
+                )
+        except ExportStateError:
+            LOGGER.info(
+                "HL7 message %s (job %d, study %s) was superseded while being sent",
+                message.control_id,
+                message.job_id,
+                study_uid,
             )
+            return None
         if result.accepted:
             LOGGER.info(
                 "HL7 message %s (job %d, study %s) to %s: sent, ACK %s",
