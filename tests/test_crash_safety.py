@@ -167,7 +167,7 @@ def orthanc_results(orthanc: Orthanc, study_uid: str) -> dict[str, list[str]]:
 def assert_one_result(
     orthanc: Orthanc, node: NodeProcess, study_uid: str, series_uid: str
 ) -> JobRecord:
-    """Exactly one exported job, and exactly its SEG and SR at Orthanc, once."""
+    """Exactly one exported job, and exactly its SEG, SR and SC images at Orthanc, once."""
     wait_job_state(node, series_uid, JobState.EXPORTED, RESULT_TIMEOUT)
     time.sleep(SETTLE)  # nothing more arrives: no second job, no resend
     job = only_job(node, series_uid)
@@ -182,6 +182,9 @@ def assert_one_result(
     assert at_orthanc.get("SR") == expected["SR"], at_orthanc
     assert len(orthanc.series_modalities(study_uid)["SEG"]) == 1
     assert len(orthanc.series_modalities(study_uid)["SR"]) == 1
+    assert sorted(at_orthanc.get("OT", [])) == sorted(
+        o.sop_instance_uid for o in objects if o.kind == "sc"
+    ), at_orthanc
     return job
 
 
@@ -370,7 +373,7 @@ def test_sigkill_while_the_export_is_in_flight_sends_the_result_once(
         job = only_job(node, series_uid)
         assert job.id == written.id and job.state is JobState.WRITTEN
         objects, exports = job_outputs(node, job.id)
-        assert len(objects) == 2 and len(exports) == 2
+        assert len(objects) == len(exports) >= 3  # SEG, SR, SC image(s)
         assert all(e.status is ExportStatus.PENDING and e.attempt_count == 0 for e in exports)
         assert "SEG" not in orthanc_results(orthanc, study_uid)
 
@@ -379,7 +382,7 @@ def test_sigkill_while_the_export_is_in_flight_sends_the_result_once(
         with running(node):
             job = assert_one_result(orthanc, node, study_uid, series_uid)
             _, exports = job_outputs(node, job.id)
-        assert [e.attempt_count for e in exports] == [1, 1]
+        assert [e.attempt_count for e in exports] == [1] * len(objects)
         assert job.run_count == 1
 
 
@@ -413,8 +416,11 @@ def test_sigkill_after_the_destination_stored_but_before_the_node_recorded_it(
             # Sent again (at least once), with the same SOP Instance UIDs: no duplicate.
             job = assert_one_result(orthanc, node, study_uid, series_uid)
             _, exports = job_outputs(node, job.id)
-        assert [e.attempt_count for e in exports] == [1, 1]
-        assert orthanc_results(orthanc, study_uid) == before
+        assert [e.attempt_count for e in exports] == [1] * len(objects)
+        after = orthanc_results(orthanc, study_uid)
+        assert (after["SEG"], after["SR"]) == (before["SEG"], before["SR"])
+        # The SC images (sent after the SR) arrive once each, with the recorded UIDs.
+        assert sorted(after["OT"]) == sorted(o.sop_instance_uid for o in objects if o.kind == "sc")
 
 
 # -- repeated SIGKILL at random moments -------------------------------------

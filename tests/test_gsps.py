@@ -3,7 +3,7 @@
 The outlines are checked by filling them back (even-odd rule on pixel
 centres, written here) and comparing with the mask; the presentation state
 is built from header-only datasets (as in the node, whose source pixels are
-released), validated with ``dciodvfy``, and read back: one annotation per
+released), validated with ``dciodvfy`` and DCMTK ``dcmpschk``, and read back: one annotation per
 slice with lesion, its polylines the slice's outlines, the lung window, the
 research-use text. Its round trip through Orthanc is in ``tests/test_sc.py``.
 """
@@ -23,7 +23,7 @@ from pacs_node.results.gsps import (
     GSPS_TEXT,
     build_presentation_state,
 )
-from tests.peers import dciodvfy_errors
+from tests.peers import dciodvfy_errors, run_dcmtk
 from tests.results_fixtures import CT_SERIES, UID_ROOT, load_series, make_result
 
 
@@ -91,6 +91,8 @@ def test_gsps_from_headers_is_valid_and_holds_the_outlines(
     path = tmp_path / "gsps.dcm"
     state.save_as(path, enforce_file_format=True)
     assert dciodvfy_errors(path) == []
+    checked = run_dcmtk(["dcmpschk", str(path)])  # DCMTK's presentation state checker
+    assert checked.returncode == 0 and "Test passed" in checked.stdout + checked.stderr
     back = pydicom.dcmread(path)
     assert back.Modality == "PR" and back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.11.1"
     assert back.StudyInstanceUID == datasets[0].StudyInstanceUID

@@ -173,7 +173,7 @@ def test_the_series_was_processed_and_exported_over_tls(run: Run) -> None:
     assert jobs[-1].state is JobState.EXPORTED, (jobs, run.log[-3000:])
     modalities = sorted(str(pydicom.dcmread(p, stop_before_pixels=True).Modality)
                         for p in run.received.iterdir())
-    assert modalities == ["SEG", "SR"]
+    assert modalities[-2:] == ["SEG", "SR"] and set(modalities[:-2]) == {"OT"}  # + SC images
     assert "(DICOM TLS)" in run.log  # the banner
 
 
@@ -205,7 +205,7 @@ def test_audit_shows_the_tls_association_and_the_results_sent(run: Run) -> None:
     assert storescu[0]["tls_peer"] == "CN=modality-1"
     assert storescu[0]["instances_stored"] == 24 and storescu[0]["instances_refused"] == 0
     sent = {(s["kind"], s["destination"], s["success"]) for s in data["results_sent"]}
-    assert sent == {("seg", "tlspacs", True), ("sr", "tlspacs", True)}
+    assert sent == {("seg", "tlspacs", True), ("sr", "tlspacs", True), ("sc", "tlspacs", True)}
     text = json.dumps(data)
     assert PATIENT_ID not in text and "Quixotewarbler" not in text
     for secret in run.secrets[:2]:

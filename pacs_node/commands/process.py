@@ -41,9 +41,9 @@ the model and encoded; the command writes OUT/<series-uid>/seg.dcm (DICOM-SEG),
 sr.dcm (TID 1500 SR), sc-1.dcm ... sc-N.dcm (the "AI summary" Secondary
 Capture series: key images with the lesion outline, then the summary page),
 gsps.dcm with --gsps (presentation state with the lesion outlines) and
-result.json (class probabilities, lesion measurements, object UIDs). Other series are listed with the reason they were
-skipped. Exit status 0 when at least one series was processed, 1 otherwise,
-2 for invalid settings.
+result.json (class probabilities, lesion measurements, object UIDs). Other
+series are listed with the reason they were skipped. Exit status 0 when at
+least one series was processed, 1 otherwise, 2 for invalid settings.
 
 RESEARCH USE ONLY, NOT FOR DIAGNOSIS.
 """
