@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 from scipy import ndimage
 
 from inference.result import InferenceResult
-from pacs_node.results import encode_results, read_report_measurements
+from pacs_node.results import codes, encode_results, read_report_measurements
 from pacs_node.results.planar import (
     largest_region,
     largest_slice,
@@ -270,3 +271,22 @@ def test_planar_group_limits(phantom):
         encode_results(datasets, result, manifest, uid_root=UID_ROOT, max_planar_groups=-1)
     with pytest.raises(ValueError, match="min_planar_volume_ml"):
         encode_results(datasets, result, manifest, uid_root=UID_ROOT, min_planar_volume_ml=-1)
+
+
+def test_highdicom_reads_the_planar_groups(phantom):
+    datasets, result, sr_path = phantom
+    sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(sr_path))
+    groups = sr.content.get_planar_roi_measurement_groups()
+    report = read_report_measurements(pydicom.dcmread(sr_path))
+    assert [str(g.tracking_identifier) for g in groups] == [
+        p["tracking_id"] for p in report["planar"]]
+    for group, mine in zip(groups, report["planar"]):
+        assert str(group.tracking_uid) == mine["tracking_uid"]
+        region = group.roi
+        assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        assert np.array_equal(region.value, mine["points"])
+        (source,) = region.ContentSequence  # SELECTED FROM the source image
+        assert source.referenced_sop_instance_uid == mine["referenced_sop_instance_uid"]
+        area = group.get_measurements(name=codes.AREA)[0]
+        assert area.value == pytest.approx(mine["area_mm2"])
+        assert area.unit == codes.SQUARE_MILLIMETER
