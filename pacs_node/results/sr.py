@@ -368,7 +368,9 @@ def _nonplanar_groups(
     lesion_voxels: int,
     max_lesion_groups: int,
     tracking_uids: dict[int, str],
-) -> list[MeasurementsAndQualitativeEvaluations | VolumetricROIMeasurementsAndQualitativeEvaluations]:
+) -> list[
+    MeasurementsAndQualitativeEvaluations | VolumetricROIMeasurementsAndQualitativeEvaluations
+]:
     """Classification, burden, one TID 1411 group per segment, per-lesion groups."""
     lesion_segment = next(p for p in plan if p.role == LESION_ROLE)
     groups: list[

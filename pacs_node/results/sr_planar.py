@@ -84,7 +84,9 @@ def check_lesion_site(item: Lesion) -> None:
         )
 
 
-def lesion_component(lesion_mask: np.ndarray, item: Lesion) -> tuple[np.ndarray, tuple[int, int, int]]:
+def lesion_component(
+    lesion_mask: np.ndarray, item: Lesion
+) -> tuple[np.ndarray, tuple[int, int, int]]:
     """The voxels of one analysed lesion, cropped to its bounding box.
 
     Returns the cropped mask and the ``(k, i, j)`` index of its first voxel.
