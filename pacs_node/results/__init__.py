@@ -23,6 +23,7 @@ from pacs_node.results.gsps import (
     GSPS_SERIES_NUMBER,
     build_presentation_state,
 )
+from pacs_node.results.outline_sr import build_outline_report
 from pacs_node.results.readback import read_report_measurements, read_segmentation_mask
 from pacs_node.results.sc import SummaryRendering, render_summary
 from pacs_node.results.seg import build_segmentation, plan_segments
@@ -42,6 +43,7 @@ __all__ = [
     "build_presentation_state",
     "build_secondary_captures",
     "build_measurement_report",
+    "build_outline_report",
     "build_segmentation",
     "encode_results",
     "plan_segments",

@@ -6,6 +6,10 @@ Content tree (PS3.16 TID 1500; see ``docs/results.md`` for every code)::
       Language, device observer (TID 1001/1004), procedure reported,
       Image Library (TID 1600): the source CT images
       Imaging Measurements
+        "Lesion <n>" x significant     TID 1410  outline on the lesion's largest
+                       lesions                   slice (closed POLYLINE on the
+                                                 source CT image), Area (mm2),
+                                                 Long axis (mm), lung side/third
         "AI classification"            TID 1501  Impression = class code,
                                                  Comment = intended-use statement
         "Probability: <class>" x n     TID 1501  Finding = class code,
@@ -18,6 +22,11 @@ Content tree (PS3.16 TID 1500; see ``docs/results.md`` for every code)::
                                                  volume (+ mean HU for lesions)
         "Lesion <n>" x lesions         TID 1501  volume, mean HU, lung side and
                                                  third as finding site
+
+A lesion's TID 1410 and TID 1501 groups share their Tracking Identifier and
+Tracking Unique Identifier: they describe the same finding. The planar groups
+come first because OHIF's SR viewport opens on the first measurement group
+and can only draw groups with image coordinates (``docs/results.md``).
 
 Every volume that describes a SEG segment is ``voxel count x voxel volume``
 of the mask written into that segment.
@@ -36,11 +45,11 @@ from highdicom.sr import (
     FindingSite,
     Measurement,
     MeasurementsAndQualitativeEvaluations,
+    PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     ReferencedSegment,
     SourceSeriesForSegmentation,
     TextContentItem,
-    TrackingIdentifier,
     VolumetricROIMeasurementsAndQualitativeEvaluations,
 )
 from pydicom.dataset import Dataset
@@ -66,6 +75,16 @@ from pacs_node.results.common import (
     software_version,
 )
 from pacs_node.results.library import image_library, insert_image_library
+from pacs_node.results.sr_planar import (
+    LESION_TRACKING_PREFIX,
+    MAX_PLANAR_GROUPS,
+    MIN_PLANAR_VOLUME_ML,
+    check_lesion_site,
+    lung_site,
+    planar_groups,
+    significant_lesions,
+    tracking_identifier,
+)
 from pacs_node.results.seg import LESION_ROLE, RIGHT_LUNG_ROLE, PlannedSegment, plan_segments
 from pacs_node.results.uids import check_uid_root, is_valid_uid, new_uid, stable_uid
 
@@ -73,6 +92,11 @@ LOGGER = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_LESION_GROUPS",
+    "MAX_PLANAR_GROUPS",
+    "MIN_PLANAR_VOLUME_ML",
+    "significant_lesions",
+    "OUTLINE_SR_SERIES_NUMBER",
+    "OUTLINE_SR_SERIES_DESCRIPTION",
     "CLASSIFICATION_TRACKING_ID",
     "BURDEN_TRACKING_ID",
     "PROBABILITY_TRACKING_PREFIX",
@@ -83,14 +107,17 @@ __all__ = [
 #: Default cap on per-lesion measurement groups (largest lesions first); the
 #: burden group always gives the true number of lesions.
 MAX_LESION_GROUPS = 50
+#: Series Number of the outline report
+#: (:func:`pacs_node.results.outline_sr.build_outline_report`): base + 5.
+OUTLINE_SR_SERIES_NUMBER = 9005
+#: Series Description of the outline report.
+OUTLINE_SR_SERIES_DESCRIPTION = "AI lesion outlines (research)"
 #: Tracking Identifier of the classification group.
 CLASSIFICATION_TRACKING_ID = "AI classification"
 #: Tracking Identifier of the lesion-burden group.
 BURDEN_TRACKING_ID = "Lesion burden"
 #: Prefix of the Tracking Identifiers of the per-class probability groups.
 PROBABILITY_TRACKING_PREFIX = "Probability: "
-#: Prefix of the Tracking Identifiers of the per-lesion groups.
-LESION_TRACKING_PREFIX = "Lesion "
 
 
 @dataclass(frozen=True)
@@ -117,18 +144,6 @@ def _algorithm(spec: SegmentSpec | None, manifest: Manifest) -> AlgorithmIdentif
         version=manifest.model_version,
         parameters=[f"threshold={manifest.lesion_threshold:g}"],
         family=codes.ARTIFICIAL_INTELLIGENCE,
-    )
-
-
-def _tracking(root: str, identifier: str, uid: str | None = None) -> TrackingIdentifier:
-    return TrackingIdentifier(uid=uid or new_uid(root), identifier=identifier)
-
-
-def _lung_site(side: str | None = None, zone: str | None = None) -> FindingSite:
-    return FindingSite(
-        anatomic_location=codes.LUNG,
-        laterality=codes.SIDE_LATERALITY[side] if side else None,
-        topographical_modifier=codes.ZONE_MODIFIERS[zone] if zone else None,
     )
 
 
@@ -159,7 +174,7 @@ def _classification_groups(
     ]
     predicted = class_codes[int(np.argmax(result.class_probabilities))]
     classification = MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(ctx.root, CLASSIFICATION_TRACKING_ID),
+        tracking_identifier=tracking_identifier(ctx.root, CLASSIFICATION_TRACKING_ID),
         algorithm_id=ctx.model_algorithm,
         qualitative_evaluations=[
             QualitativeEvaluation(codes.IMPRESSION, predicted)
@@ -179,7 +194,7 @@ def _classification_groups(
     ):
         groups.append(
             MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=_tracking(
+                tracking_identifier=tracking_identifier(
                     ctx.root, f"{PROBABILITY_TRACKING_PREFIX}{spec.display}"
                 ),
                 finding_type=code,
@@ -214,24 +229,24 @@ def _burden_group(
             name=codes.LUNG_INVOLVEMENT,
             value=round(regions["total"].percent, 4),
             unit=codes.PERCENT,
-            finding_sites=[_lung_site()],
+            finding_sites=[lung_site()],
         ),
     ]
     for side in ("right", "left"):
-        measurements.append(_volume(regions[side].lesion_volume_ml, _lung_site(side)))
+        measurements.append(_volume(regions[side].lesion_volume_ml, lung_site(side)))
         measurements.append(
             Measurement(
                 name=codes.LUNG_INVOLVEMENT,
                 value=round(regions[side].percent, 4),
                 unit=codes.PERCENT,
-                finding_sites=[_lung_site(side)],
+                finding_sites=[lung_site(side)],
             )
         )
     return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(ctx.root, BURDEN_TRACKING_ID),
+        tracking_identifier=tracking_identifier(ctx.root, BURDEN_TRACKING_ID),
         finding_category=lesion.category,
         finding_type=lesion.type,
-        finding_sites=[_lung_site()],
+        finding_sites=[lung_site()],
         algorithm_id=ctx.model_algorithm,
         measurements=measurements,
         qualitative_evaluations=[
@@ -257,7 +272,7 @@ def _segment_group(
     if mean_hu is not None:
         measurements.append(_mean_hu(mean_hu))
     return VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(
+        tracking_identifier=tracking_identifier(
             ctx.root, str(item.get("TrackingID", planned.label)), item.get("TrackingUID")
         ),
         referenced_segment=ReferencedSegment(
@@ -268,28 +283,30 @@ def _segment_group(
         ),
         finding_category=planned.category,
         finding_type=planned.type,
-        finding_sites=[_lung_site(side)],
+        finding_sites=[lung_site(side)],
         algorithm_id=_algorithm(planned.spec, manifest),
         measurements=measurements,
     )
 
 
 def _lesion_groups(
-    ctx: _Context, analysis: LesionAnalysis, lesion: PlannedSegment, limit: int
+    ctx: _Context,
+    analysis: LesionAnalysis,
+    lesion: PlannedSegment,
+    limit: int,
+    tracking_uids: dict[int, str],
 ) -> list[MeasurementsAndQualitativeEvaluations]:
     groups = []
     for item in analysis.lesions[:limit]:
-        if item.side not in codes.SIDE_LATERALITY or item.zone not in codes.ZONE_MODIFIERS:
-            raise ValueError(
-                f'Argument "result.analysis": lesion {item.index} has side {item.side!r} '
-                f"and zone {item.zone!r}."
-            )
+        check_lesion_site(item)
         groups.append(
             MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=_tracking(ctx.root, f"{LESION_TRACKING_PREFIX}{item.index}"),
+                tracking_identifier=tracking_identifier(
+                    ctx.root, f"{LESION_TRACKING_PREFIX}{item.index}", tracking_uids[item.index]
+                ),
                 finding_category=lesion.category,
                 finding_type=lesion.type,
-                finding_sites=[_lung_site(item.side, item.zone)],
+                finding_sites=[lung_site(item.side, item.zone)],
                 algorithm_id=ctx.model_algorithm,
                 measurements=[
                     _volume(item.voxel_count * ctx.voxel_ml),
@@ -343,6 +360,179 @@ def _check_analysis(result: InferenceResult, lesion_voxels: int) -> None:
         )
 
 
+def _nonplanar_groups(
+    ctx: _Context,
+    result: InferenceResult,
+    manifest: Manifest,
+    plan: Sequence[PlannedSegment],
+    lesion_voxels: int,
+    max_lesion_groups: int,
+    tracking_uids: dict[int, str],
+) -> list[
+    MeasurementsAndQualitativeEvaluations | VolumetricROIMeasurementsAndQualitativeEvaluations
+]:
+    """Classification, burden, one TID 1411 group per segment, per-lesion groups."""
+    lesion_segment = next(p for p in plan if p.role == LESION_ROLE)
+    groups: list[
+        MeasurementsAndQualitativeEvaluations | VolumetricROIMeasurementsAndQualitativeEvaluations
+    ] = []
+    groups.extend(_classification_groups(ctx, result, manifest))
+    groups.append(_burden_group(ctx, result.analysis, lesion_segment, lesion_voxels))
+    for planned in plan:
+        if planned.role == LESION_ROLE:
+            voxels = lesion_voxels
+            mean_hu = (
+                sum(x.mean_hu * x.voxel_count for x in result.analysis.lesions) / voxels
+                if voxels
+                else None
+            )
+        else:
+            label = 1 if planned.role == RIGHT_LUNG_ROLE else 2
+            voxels, mean_hu = int(np.count_nonzero(result.lung_mask == label)), None
+        groups.append(_segment_group(ctx, planned, voxels, mean_hu, manifest))
+    groups.extend(
+        _lesion_groups(ctx, result.analysis, lesion_segment, max_lesion_groups, tracking_uids)
+    )
+    return groups
+
+
+def _build(
+    source_datasets: Sequence[Dataset],
+    seg: Dataset,
+    result: InferenceResult,
+    manifest: Manifest,
+    *,
+    uid_root: str,
+    series_number: int = SR_SERIES_NUMBER,
+    instance_number: int = 1,
+    manufacturer: str = MANUFACTURER,
+    device_name: str = DEVICE_NAME,
+    device_uid: str | None = None,
+    device_serial_number: str | None = None,
+    institution_name: str | None = None,
+    procedure_reported: Code = codes.CT_OF_CHEST,
+    max_lesion_groups: int = MAX_LESION_GROUPS,
+    max_planar_groups: int = MAX_PLANAR_GROUPS,
+    min_planar_volume_ml: float = MIN_PLANAR_VOLUME_ML,
+    planar_only: bool = False,
+) -> hd.sr.Comprehensive3DSR | None:
+    """Build the measurement report, or with ``planar_only`` the outline report.
+
+    See :func:`build_measurement_report` and
+    :func:`pacs_node.results.outline_sr.build_outline_report`.
+    """
+    started = time.perf_counter()
+    root = check_uid_root(uid_root)
+    check_series_number(series_number, "series_number")
+    check_series_number(instance_number, "instance_number")
+    check_long_string(manufacturer, "manufacturer")
+    check_long_string(device_name, "device_name")
+    if device_uid is not None and not is_valid_uid(device_uid):
+        raise ValueError('Argument "device_uid" should be a valid UID.')
+    if not isinstance(procedure_reported, (Code, hd.sr.CodedConcept)):
+        raise TypeError('Argument "procedure_reported" should be a pydicom Code.')
+    if not isinstance(max_lesion_groups, int) or max_lesion_groups < 0:
+        raise ValueError('Argument "max_lesion_groups" should be a non-negative integer.')
+    if not isinstance(max_planar_groups, int) or max_planar_groups < 0:
+        raise ValueError('Argument "max_planar_groups" should be a non-negative integer.')
+    if not isinstance(min_planar_volume_ml, (int, float)) or not min_planar_volume_ml >= 0:
+        raise ValueError('Argument "min_planar_volume_ml" should be a non-negative number.')
+    serial = check_long_string(
+        device_serial_number if device_serial_number is not None else root[:-1],
+        "device_serial_number",
+    )
+    check_result(result, manifest)
+    check_source_datasets(source_datasets, result.geometry)
+    plan = plan_segments(manifest)
+    _check_segmentation(seg, source_datasets, plan)
+    lesion_voxels = int(np.count_nonzero(result.lesion_mask))
+    _check_analysis(result, lesion_voxels)
+
+    ctx = _Context(
+        root=root,
+        seg=seg,
+        series_instance_uid=str(source_datasets[0].SeriesInstanceUID),
+        voxel_ml=result.geometry.voxel_volume_ml,
+        model_algorithm=_algorithm(None, manifest),
+    )
+    lesion_segment = next(p for p in plan if p.role == LESION_ROLE)
+    # Derived from the SEG: the outline report of the same result gives each
+    # lesion the same tracking UID as the measurement report.
+    tracking_uids = {
+        item.index: str(stable_uid(root, f"{seg.SOPInstanceUID}/lesion/{item.index}"))
+        for item in result.analysis.lesions
+    }
+    chosen = significant_lesions(
+        result.analysis, ctx.voxel_ml, max_planar_groups, float(min_planar_volume_ml)
+    )
+    groups: list[
+        MeasurementsAndQualitativeEvaluations
+        | PlanarROIMeasurementsAndQualitativeEvaluations
+        | VolumetricROIMeasurementsAndQualitativeEvaluations
+    ] = []
+    groups.extend(
+        planar_groups(
+            ctx.root, ctx.model_algorithm, result, source_datasets, lesion_segment, chosen,
+            tracking_uids,
+        )
+    )
+    if planar_only and not groups:
+        LOGGER.info("no outline report for series %s: no significant lesion",
+                    ctx.series_instance_uid)
+        return None
+    if not planar_only:
+        groups.extend(_nonplanar_groups(ctx, result, manifest, plan, lesion_voxels,
+                                        max_lesion_groups, tracking_uids))
+    observer = hd.sr.ObserverContext(
+        observer_type=dicom_codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid or stable_uid(root, "device", device_name),
+            name=device_name,
+            manufacturer_name=manufacturer,
+            model_name=device_name,
+            serial_number=serial,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=procedure_reported,
+        imaging_measurements=groups,
+    )
+    insert_image_library(report[0], image_library(source_datasets))
+    with phi_safe_warnings():
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=[*source_datasets] if planar_only else [*source_datasets, seg],
+            content=report[0],
+            series_instance_uid=new_uid(root),
+            series_number=series_number,
+            sop_instance_uid=new_uid(root),
+            instance_number=instance_number,
+            manufacturer=manufacturer,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            series_description=(
+                OUTLINE_SR_SERIES_DESCRIPTION if planar_only else SR_SERIES_DESCRIPTION
+            ),
+            coding_schemes=[codes.private_coding_scheme()],
+            manufacturer_model_name=device_name,
+            software_versions=software_version(),
+            device_serial_number=serial,
+            institution_name=resolve_institution_name(source_datasets, institution_name),
+            specific_character_set=result_character_set(source_datasets),
+        )
+    LOGGER.info(
+        "SR %s for series %s: %d measurement groups (%d planar), lesions %s, %.2f s",
+        sr.SOPInstanceUID,
+        ctx.series_instance_uid,
+        len(groups),
+        len(chosen),
+        "present" if lesion_voxels else "absent",
+        time.perf_counter() - started,
+    )
+    return sr
+
+
 def build_measurement_report(
     source_datasets: Sequence[Dataset],
     seg: Dataset,
@@ -359,6 +549,8 @@ def build_measurement_report(
     institution_name: str | None = None,
     procedure_reported: Code = codes.CT_OF_CHEST,
     max_lesion_groups: int = MAX_LESION_GROUPS,
+    max_planar_groups: int = MAX_PLANAR_GROUPS,
+    min_planar_volume_ml: float = MIN_PLANAR_VOLUME_ML,
 ) -> hd.sr.Comprehensive3DSR:
     """Encode ``result`` as a TID 1500 measurement report.
 
@@ -396,6 +588,11 @@ def build_measurement_report(
     max_lesion_groups: int, optional
         At most this many per-lesion groups, largest lesions first
         (default 50; 0 lists none).
+    max_planar_groups: int, optional
+        At most this many planar (TID 1410) groups, one per significant
+        lesion, largest first (default 10; 0 writes none).
+    min_planar_volume_ml: float, optional
+        A lesion is significant from this volume (default 0.5 ml).
 
     Returns
     -------
@@ -412,98 +609,25 @@ def build_measurement_report(
         match the manifest or disagrees with its own analysis, or ``seg`` is
         not the SEG of these source images and this manifest.
     """
-    started = time.perf_counter()
-    root = check_uid_root(uid_root)
-    check_series_number(series_number, "series_number")
-    check_series_number(instance_number, "instance_number")
-    check_long_string(manufacturer, "manufacturer")
-    check_long_string(device_name, "device_name")
-    if device_uid is not None and not is_valid_uid(device_uid):
-        raise ValueError('Argument "device_uid" should be a valid UID.')
-    if not isinstance(procedure_reported, (Code, hd.sr.CodedConcept)):
-        raise TypeError('Argument "procedure_reported" should be a pydicom Code.')
-    if not isinstance(max_lesion_groups, int) or max_lesion_groups < 0:
-        raise ValueError('Argument "max_lesion_groups" should be a non-negative integer.')
-    serial = check_long_string(
-        device_serial_number if device_serial_number is not None else root[:-1],
-        "device_serial_number",
-    )
-    check_result(result, manifest)
-    check_source_datasets(source_datasets, result.geometry)
-    plan = plan_segments(manifest)
-    _check_segmentation(seg, source_datasets, plan)
-    lesion_voxels = int(np.count_nonzero(result.lesion_mask))
-    _check_analysis(result, lesion_voxels)
-
-    ctx = _Context(
-        root=root,
-        seg=seg,
-        series_instance_uid=str(source_datasets[0].SeriesInstanceUID),
-        voxel_ml=result.geometry.voxel_volume_ml,
-        model_algorithm=_algorithm(None, manifest),
-    )
-    lesion_segment = next(p for p in plan if p.role == LESION_ROLE)
-    groups: list[
-        MeasurementsAndQualitativeEvaluations | VolumetricROIMeasurementsAndQualitativeEvaluations
-    ] = []
-    groups.extend(_classification_groups(ctx, result, manifest))
-    groups.append(_burden_group(ctx, result.analysis, lesion_segment, lesion_voxels))
-    for planned in plan:
-        if planned.role == LESION_ROLE:
-            voxels = lesion_voxels
-            mean_hu = (
-                sum(x.mean_hu * x.voxel_count for x in result.analysis.lesions) / voxels
-                if voxels
-                else None
-            )
-        else:
-            label = 1 if planned.role == RIGHT_LUNG_ROLE else 2
-            voxels, mean_hu = int(np.count_nonzero(result.lung_mask == label)), None
-        groups.append(_segment_group(ctx, planned, voxels, mean_hu, manifest))
-    groups.extend(_lesion_groups(ctx, result.analysis, lesion_segment, max_lesion_groups))
-
-    observer = hd.sr.ObserverContext(
-        observer_type=dicom_codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device_uid or stable_uid(root, "device", device_name),
-            name=device_name,
-            manufacturer_name=manufacturer,
-            model_name=device_name,
-            serial_number=serial,
-        ),
-    )
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+    report = _build(
+        source_datasets,
+        seg,
+        result,
+        manifest,
+        uid_root=uid_root,
+        series_number=series_number,
+        instance_number=instance_number,
+        manufacturer=manufacturer,
+        device_name=device_name,
+        device_uid=device_uid,
+        device_serial_number=device_serial_number,
+        institution_name=institution_name,
         procedure_reported=procedure_reported,
-        imaging_measurements=groups,
+        max_lesion_groups=max_lesion_groups,
+        max_planar_groups=max_planar_groups,
+        min_planar_volume_ml=min_planar_volume_ml,
     )
-    insert_image_library(report[0], image_library(source_datasets))
-    with phi_safe_warnings():
-        sr = hd.sr.Comprehensive3DSR(
-            evidence=[*source_datasets, seg],
-            content=report[0],
-            series_instance_uid=new_uid(root),
-            series_number=series_number,
-            sop_instance_uid=new_uid(root),
-            instance_number=instance_number,
-            manufacturer=manufacturer,
-            is_complete=True,
-            is_final=False,
-            is_verified=False,
-            series_description=SR_SERIES_DESCRIPTION,
-            coding_schemes=[codes.private_coding_scheme()],
-            manufacturer_model_name=device_name,
-            software_versions=software_version(),
-            device_serial_number=serial,
-            institution_name=resolve_institution_name(source_datasets, institution_name),
-            specific_character_set=result_character_set(source_datasets),
-        )
-    LOGGER.info(
-        "SR %s for series %s: %d measurement groups, lesions %s, %.2f s",
-        sr.SOPInstanceUID,
-        ctx.series_instance_uid,
-        len(groups),
-        "present" if lesion_voxels else "absent",
-        time.perf_counter() - started,
-    )
-    return sr
+    if report is None:  # pragma: no cover - only the outline report can be empty
+        raise RuntimeError("the measurement report was not built")
+    return report
+
