@@ -266,3 +266,40 @@ def same_part10_but_clock(first: Dataset, second: Dataset) -> bool:
         if "ContributionDateTime" in mine:
             theirs.ContributionDateTime = mine.ContributionDateTime
     return part10_bytes(first) == part10_bytes(second)
+
+
+def phantom_case(folder: Path, *, seed: int = 3, label: str = "covid19",
+                 matrix: int = 128, slices: int = 40) -> tuple[list[Dataset], InferenceResult]:
+    """A synthetic chest CT (``inference.phantom``) written to ``folder`` and
+    a result made from the phantom's own lesion and lung masks.
+
+    The lesion analysis is the node's (:func:`inference.analysis.analyse_lesions`);
+    with the defaults (seed 3, 128 x 128 pixels of 3 mm, 40 slices of 5 mm)
+    there are nine lesions, five of them of 0.5 ml or more.
+
+    Returns
+    -------
+    tuple[list[pydicom.Dataset], InferenceResult]
+        The slices read back in ``result.geometry`` order, and the result.
+    """
+    import dataclasses
+
+    from inference.analysis import analyse_lesions
+    from inference.phantom import generate_phantom, sample_spec
+    from inference.phantom.dicom import write_dicom_series
+
+    spec = dataclasses.replace(sample_spec(seed, label), matrix=matrix, pixel_spacing=3.0,
+                               n_slices=slices, slice_thickness=5.0)
+    phantom = generate_phantom(spec)
+    write_dicom_series(phantom, folder)
+    datasets = load_series(folder)
+    manifest = make_manifest()
+    result = InferenceResult(
+        geometry=phantom.geometry, lesion_mask=phantom.lesion_mask,
+        lung_mask=phantom.lung_mask, class_keys=manifest.class_keys,
+        class_probabilities=PROBABILITIES,
+        analysis=analyse_lesions(phantom.lesion_mask, phantom.lung_mask, phantom.hu,
+                                 phantom.geometry),
+        model_name=manifest.model_name, model_version=manifest.model_version,
+    )
+    return datasets, result

@@ -36,6 +36,8 @@ __all__ = [
     "ZONE_MODIFIERS",
     "SIDE_LATERALITY",
     "VOLUME",
+    "AREA",
+    "LONG_AXIS",
     "ATTENUATION_COEFFICIENT",
     "MEAN",
     "PROBABILITY",
@@ -49,6 +51,8 @@ __all__ = [
     "MORPHOLOGICALLY_ABNORMAL_STRUCTURE",
     "LESION",
     "MILLILITER",
+    "MILLIMETER",
+    "SQUARE_MILLIMETER",
     "HOUNSFIELD_UNIT",
     "PERCENT",
     "NO_UNITS",
@@ -112,6 +116,12 @@ LESION: Code = codes.SCT.Lesion
 # --- measurement and evaluation names ----------------------------------------
 #: (118565006, SCT, "Volume"), CID 7469.
 VOLUME: Code = codes.SCT.Volume
+#: (42798000, SCT, "Area"), CID 7472: area of a planar (TID 1410) region.
+AREA: Code = codes.SCT.Area
+#: (103339001, SCT, "Long axis"), CID 7470: the longest in-plane diameter of
+#: a planar region (the RECIST long axis). Viewers show the Code Meaning:
+#: OHIF labels it "Long axis: <value> mm".
+LONG_AXIS: Code = codes.SCT.LongAxis
 #: (112031, DCM, "Attenuation Coefficient"), CID 7469; with derivation Mean.
 ATTENUATION_COEFFICIENT: Code = codes.DCM.AttenuationCoefficient
 #: (373098007, SCT, "Mean"), CID 7464 derivation.
@@ -138,6 +148,8 @@ LUNG_INVOLVEMENT = Code(
 
 # --- units (UCUM, CID 7181) ----------------------------------------------------
 MILLILITER = Code("ml", "UCUM", "milliliter")
+MILLIMETER = Code("mm", "UCUM", "millimeter")
+SQUARE_MILLIMETER: Code = codes.UCUM.SquareMillimeter
 HOUNSFIELD_UNIT: Code = codes.UCUM.HounsfieldUnit
 PERCENT: Code = codes.UCUM.Percent
 NO_UNITS: Code = codes.UCUM.NoUnits

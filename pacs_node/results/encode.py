@@ -19,7 +19,12 @@ from pacs_node.results.common import (
     SR_SERIES_NUMBER,
 )
 from pacs_node.results.seg import build_segmentation
-from pacs_node.results.sr import MAX_LESION_GROUPS, build_measurement_report
+from pacs_node.results.sr import (
+    MAX_LESION_GROUPS,
+    MAX_PLANAR_GROUPS,
+    MIN_PLANAR_VOLUME_ML,
+    build_measurement_report,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -62,6 +67,8 @@ def encode_results(
     institution_name: str | None = None,
     procedure_reported: Code = codes.CT_OF_CHEST,
     max_lesion_groups: int = MAX_LESION_GROUPS,
+    max_planar_groups: int = MAX_PLANAR_GROUPS,
+    min_planar_volume_ml: float = MIN_PLANAR_VOLUME_ML,
 ) -> ResultObjects:
     """Build the SEG and then the SR that references it.
 
@@ -78,7 +85,7 @@ def encode_results(
     seg_series_number, sr_series_number: int, optional
         Series Numbers (defaults 9001 and 9002).
     manufacturer, device_name, device_uid, device_serial_number, institution_name, \
-procedure_reported, max_lesion_groups: optional
+procedure_reported, max_lesion_groups, max_planar_groups, min_planar_volume_ml: optional
         As :func:`~pacs_node.results.seg.build_segmentation` and
         :func:`~pacs_node.results.sr.build_measurement_report`.
 
@@ -118,5 +125,7 @@ procedure_reported, max_lesion_groups: optional
         institution_name=institution_name,
         procedure_reported=procedure_reported,
         max_lesion_groups=max_lesion_groups,
+        max_planar_groups=max_planar_groups,
+        min_planar_volume_ml=min_planar_volume_ml,
     )
     return ResultObjects(seg=seg, sr=sr)

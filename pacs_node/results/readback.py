@@ -28,6 +28,8 @@ _POSITION_TOLERANCE_MM = 0.01
 _IMAGING_MEASUREMENTS = ("126010", "DCM")
 _MEASUREMENT_GROUP = ("125007", "DCM")
 _TRACKING_IDENTIFIER = ("112039", "DCM")
+_TRACKING_UID = ("112040", "DCM")
+_IMAGE_REGION = ("111030", "DCM")
 _REFERENCED_SEGMENT = ("121191", "DCM")
 _FINDING = ("121071", "DCM")
 _FINDING_SITE = ("363698007", "SCT")
@@ -213,13 +215,26 @@ def _site(item: Dataset) -> dict[str, str | None] | None:
 
 def _parse_group(group: Dataset) -> dict[str, Any]:
     parsed: dict[str, Any] = {
-        "tracking_id": None, "finding": None, "segment": None, "site": _site(group),
-        "measurements": [], "evaluations": {}, "texts": {},
+        "tracking_id": None, "tracking_uid": None, "finding": None, "segment": None,
+        "region": None, "site": _site(group), "measurements": [], "evaluations": {},
+        "texts": {},
     }
     for child in _children(group):
         name, value_type = _name(child), child.ValueType
         if name == _TRACKING_IDENTIFIER:
             parsed["tracking_id"] = str(child.TextValue)
+        elif name == _TRACKING_UID:
+            parsed["tracking_uid"] = str(child.UID)
+        elif name == _IMAGE_REGION and value_type == "SCOORD":
+            source = next(iter(_children(child)), None)
+            reference = source.ReferencedSOPSequence[0] if source is not None else None
+            parsed["region"] = {
+                "graphic_type": str(child.GraphicType),
+                "points": np.asarray(child.GraphicData, dtype=np.float64).reshape(-1, 2),
+                "referenced_sop_instance_uid": (
+                    str(reference.ReferencedSOPInstanceUID) if reference is not None else None
+                ),
+            }
         elif name == _FINDING and value_type == "CODE":
             parsed["finding"] = _code(child)
         elif name == _REFERENCED_SEGMENT:
@@ -279,7 +294,12 @@ def read_report_measurements(sr: Dataset) -> dict[str, Any]:
         ``lesion_volume_ml``: ``{"right", "left"}``; ``segments``: segment
         number to ``{"label", "seg_sop_instance_uid", "volume_ml",
         "mean_hu"}``; ``lesions``: per-lesion ``{"tracking_id",
-        "volume_ml", "mean_hu", "side", "zone"}`` in report order.
+        "tracking_uid", "volume_ml", "mean_hu", "side", "zone"}`` in report
+        order; ``planar``: per planar (TID 1410) group ``{"tracking_id",
+        "tracking_uid", "graphic_type", "points"`` (``(n, 2)`` image
+        coordinates ``(column, row)``), ``"referenced_sop_instance_uid",
+        "area_mm2", "long_axis_mm", "finding", "side", "zone"}`` in report
+        order.
 
     Raises
     ------
@@ -313,6 +333,7 @@ def read_report_measurements(sr: Dataset) -> dict[str, Any]:
         "lesion_volume_ml": {},
         "segments": {},
         "lesions": [],
+        "planar": [],
     }
     presence_key, impression_key = _key(codes.PRESENCE), _key(codes.IMPRESSION)
     for group in groups:
@@ -336,6 +357,18 @@ def read_report_measurements(sr: Dataset) -> dict[str, Any]:
                 out["involvement_percent"][region] = _measurement(
                     group, codes.LUNG_INVOLVEMENT, None if region == "total" else region
                 )
+        elif group["region"] is not None:
+            site = group["site"] or {}
+            out["planar"].append({
+                "tracking_id": group["tracking_id"],
+                "tracking_uid": group["tracking_uid"],
+                **group["region"],
+                "area_mm2": _measurement(group, codes.AREA),
+                "long_axis_mm": _measurement(group, codes.LONG_AXIS),
+                "finding": group["finding"],
+                "side": site.get("side"),
+                "zone": site.get("zone"),
+            })
         elif group["segment"] is not None:
             uid, number = group["segment"]
             out["segments"][number] = {
@@ -350,6 +383,7 @@ def read_report_measurements(sr: Dataset) -> dict[str, Any]:
             site = group["site"] or {}
             out["lesions"].append({
                 "tracking_id": group["tracking_id"],
+                "tracking_uid": group["tracking_uid"],
                 "volume_ml": _measurement(group, codes.VOLUME),
                 "mean_hu": _measurement(group, codes.ATTENUATION_COEFFICIENT,
                                         derivation=codes.MEAN),

@@ -6,6 +6,10 @@ Content tree (PS3.16 TID 1500; see ``docs/results.md`` for every code)::
       Language, device observer (TID 1001/1004), procedure reported,
       Image Library (TID 1600): the source CT images
       Imaging Measurements
+        "Lesion <n>" x significant     TID 1410  outline on the lesion's largest
+                       lesions                   slice (closed POLYLINE on the
+                                                 source CT image), Area (mm2),
+                                                 Long axis (mm), lung side/third
         "AI classification"            TID 1501  Impression = class code,
                                                  Comment = intended-use statement
         "Probability: <class>" x n     TID 1501  Finding = class code,
@@ -18,6 +22,11 @@ Content tree (PS3.16 TID 1500; see ``docs/results.md`` for every code)::
                                                  volume (+ mean HU for lesions)
         "Lesion <n>" x lesions         TID 1501  volume, mean HU, lung side and
                                                  third as finding site
+
+A lesion's TID 1410 and TID 1501 groups share their Tracking Identifier and
+Tracking Unique Identifier: they describe the same finding. The planar groups
+come first because OHIF's SR viewport opens on the first measurement group
+and can only draw groups with image coordinates (``docs/results.md``).
 
 Every volume that describes a SEG segment is ``voxel count x voxel volume``
 of the mask written into that segment.
@@ -36,6 +45,7 @@ from highdicom.sr import (
     FindingSite,
     Measurement,
     MeasurementsAndQualitativeEvaluations,
+    PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     ReferencedSegment,
     SourceSeriesForSegmentation,
@@ -47,9 +57,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.sr.coding import Code
 from pydicom.uid import SegmentationStorage
+from scipy import ndimage
 
 from inference.manifest import Manifest, SegmentSpec
-from inference.result import InferenceResult, LesionAnalysis
+from inference.result import InferenceResult, Lesion, LesionAnalysis
 from pacs_node.results import codes
 from pacs_node.results.common import (
     DEVICE_NAME,
@@ -66,6 +77,7 @@ from pacs_node.results.common import (
     software_version,
 )
 from pacs_node.results.library import image_library, insert_image_library
+from pacs_node.results.planar import PlanarOutline, planar_outline
 from pacs_node.results.seg import LESION_ROLE, RIGHT_LUNG_ROLE, PlannedSegment, plan_segments
 from pacs_node.results.uids import check_uid_root, is_valid_uid, new_uid, stable_uid
 
@@ -73,6 +85,9 @@ LOGGER = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_LESION_GROUPS",
+    "MAX_PLANAR_GROUPS",
+    "MIN_PLANAR_VOLUME_ML",
+    "significant_lesions",
     "CLASSIFICATION_TRACKING_ID",
     "BURDEN_TRACKING_ID",
     "PROBABILITY_TRACKING_PREFIX",
@@ -83,6 +98,18 @@ __all__ = [
 #: Default cap on per-lesion measurement groups (largest lesions first); the
 #: burden group always gives the true number of lesions.
 MAX_LESION_GROUPS = 50
+#: Default cap on planar (TID 1410) groups, one per significant lesion, largest
+#: lesions first. Example: ``build_measurement_report(..., max_planar_groups=3)``.
+MAX_PLANAR_GROUPS = 10
+#: Default smallest volume (ml) of a significant lesion, one that gets a planar
+#: group: 0.5 ml is a sphere of 10 mm diameter, the smallest measurable lesion
+#: of RECIST 1.1. Example: ``build_measurement_report(..., min_planar_volume_ml=1.0)``.
+MIN_PLANAR_VOLUME_ML = 0.5
+#: Graphic Data lengths (points) that OHIF 3.13 would take for a rectangle: its
+#: RectangleROI adapter claims "Image Region" POLYLINEs of 4 or 5 points, which
+#: would make the whole report "rehydratable" and the rectangle wrong. An
+#: outline that short (a rectangular region) gets a midpoint on its first edge.
+_OHIF_RECTANGLE_POINT_COUNTS = (4, 5)
 #: Tracking Identifier of the classification group.
 CLASSIFICATION_TRACKING_ID = "AI classification"
 #: Tracking Identifier of the lesion-burden group.
@@ -274,19 +301,29 @@ def _segment_group(
     )
 
 
+def _check_lesion_site(item: Lesion) -> None:
+    if item.side not in codes.SIDE_LATERALITY or item.zone not in codes.ZONE_MODIFIERS:
+        raise ValueError(
+            f'Argument "result.analysis": lesion {item.index} has side {item.side!r} '
+            f"and zone {item.zone!r}."
+        )
+
+
 def _lesion_groups(
-    ctx: _Context, analysis: LesionAnalysis, lesion: PlannedSegment, limit: int
+    ctx: _Context,
+    analysis: LesionAnalysis,
+    lesion: PlannedSegment,
+    limit: int,
+    tracking_uids: dict[int, str],
 ) -> list[MeasurementsAndQualitativeEvaluations]:
     groups = []
     for item in analysis.lesions[:limit]:
-        if item.side not in codes.SIDE_LATERALITY or item.zone not in codes.ZONE_MODIFIERS:
-            raise ValueError(
-                f'Argument "result.analysis": lesion {item.index} has side {item.side!r} '
-                f"and zone {item.zone!r}."
-            )
+        _check_lesion_site(item)
         groups.append(
             MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=_tracking(ctx.root, f"{LESION_TRACKING_PREFIX}{item.index}"),
+                tracking_identifier=_tracking(
+                    ctx.root, f"{LESION_TRACKING_PREFIX}{item.index}", tracking_uids[item.index]
+                ),
                 finding_category=lesion.category,
                 finding_type=lesion.type,
                 finding_sites=[_lung_site(item.side, item.zone)],
@@ -300,6 +337,120 @@ def _lesion_groups(
     if len(analysis.lesions) > limit:
         LOGGER.info(
             "report lists the %d largest of %d lesions", limit, len(analysis.lesions)
+        )
+    return groups
+
+
+def _component(lesion_mask: np.ndarray, item: Lesion) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The voxels of one analysed lesion, cropped to its bounding box.
+
+    Returns the cropped mask and the ``(k, i, j)`` index of its first voxel.
+    The lesion is the 26-connected component inside ``item.bbox`` that has
+    ``item.voxel_count`` voxels and spans the whole box.
+    """
+    k0, k1, i0, i1, j0, j1 = item.bbox
+    crop = lesion_mask[k0:k1, i0:i1, j0:j1]
+    labels, count = ndimage.label(crop, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    for number, box in enumerate(ndimage.find_objects(labels), start=1):
+        if (
+            box is not None
+            and int(sizes[number]) == item.voxel_count
+            and all(s.start == 0 and s.stop == n for s, n in zip(box, crop.shape))
+        ):
+            return labels == number, (k0, i0, j0)
+    raise ValueError(
+        f'Argument "result.analysis": lesion {item.index} (bbox {item.bbox}, '
+        f"{item.voxel_count} voxels) is not a connected component of result.lesion_mask."
+    )
+
+
+def significant_lesions(
+    analysis: LesionAnalysis, voxel_ml: float, limit: int, min_volume_ml: float
+) -> list[Lesion]:
+    """The lesions that get a planar group: the ``limit`` largest of at least
+    ``min_volume_ml`` (``analysis.lesions`` is ordered by decreasing volume)."""
+    chosen = [item for item in analysis.lesions if item.voxel_count * voxel_ml >= min_volume_ml]
+    return chosen[:limit]
+
+
+def _ohif_points(points: np.ndarray) -> np.ndarray:
+    """The closed outline, with a collinear midpoint when OHIF would take it
+    for a rectangle (see ``_OHIF_RECTANGLE_POINT_COUNTS``)."""
+    if len(points) not in _OHIF_RECTANGLE_POINT_COUNTS:
+        return points
+    midpoint = (points[0] + points[1]) / 2.0
+    return np.vstack([points[:1], midpoint[None, :], points[1:]])
+
+
+def _planar_group(
+    ctx: _Context,
+    item: Lesion,
+    outline: PlanarOutline,
+    source: Dataset,
+    lesion: PlannedSegment,
+    tracking_uid: str,
+) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=_ohif_points(outline.points),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(source),
+    )
+    return PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(
+            ctx.root, f"{LESION_TRACKING_PREFIX}{item.index}", tracking_uid
+        ),
+        referenced_region=region,
+        finding_category=lesion.category,
+        finding_type=lesion.type,
+        finding_sites=[_lung_site(item.side, item.zone)],
+        algorithm_id=ctx.model_algorithm,
+        measurements=[
+            Measurement(
+                name=codes.AREA,
+                value=round(outline.area_mm2, 2),
+                unit=codes.SQUARE_MILLIMETER,
+            ),
+            Measurement(
+                name=codes.LONG_AXIS,
+                value=round(outline.longest_diameter_mm, 2),
+                unit=codes.MILLIMETER,
+            ),
+        ],
+    )
+
+
+def _planar_groups(
+    ctx: _Context,
+    result: InferenceResult,
+    source_datasets: Sequence[Dataset],
+    lesion: PlannedSegment,
+    chosen: Sequence[Lesion],
+    tracking_uids: dict[int, str],
+) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
+    spacing = (result.geometry.spacing[1], result.geometry.spacing[2])
+    groups = []
+    for item in chosen:
+        _check_lesion_site(item)
+        mask, (k0, i0, j0) = _component(result.lesion_mask, item)
+        outline = planar_outline(mask, spacing)
+        outline = PlanarOutline(
+            slice_index=outline.slice_index + k0,
+            points=outline.points + np.array([j0, i0], dtype=np.float64),
+            pixel_count=outline.pixel_count,
+            area_mm2=outline.area_mm2,
+            longest_diameter_mm=outline.longest_diameter_mm,
+            diameter_endpoints=outline.diameter_endpoints + np.array([j0, i0], dtype=np.float64),
+        )
+        groups.append(
+            _planar_group(
+                ctx,
+                item,
+                outline,
+                source_datasets[outline.slice_index],
+                lesion,
+                tracking_uids[item.index],
+            )
         )
     return groups
 
@@ -359,6 +510,8 @@ def build_measurement_report(
     institution_name: str | None = None,
     procedure_reported: Code = codes.CT_OF_CHEST,
     max_lesion_groups: int = MAX_LESION_GROUPS,
+    max_planar_groups: int = MAX_PLANAR_GROUPS,
+    min_planar_volume_ml: float = MIN_PLANAR_VOLUME_ML,
 ) -> hd.sr.Comprehensive3DSR:
     """Encode ``result`` as a TID 1500 measurement report.
 
@@ -396,6 +549,11 @@ def build_measurement_report(
     max_lesion_groups: int, optional
         At most this many per-lesion groups, largest lesions first
         (default 50; 0 lists none).
+    max_planar_groups: int, optional
+        At most this many planar (TID 1410) groups, one per significant
+        lesion, largest first (default 10; 0 writes none).
+    min_planar_volume_ml: float, optional
+        A lesion is significant from this volume (default 0.5 ml).
 
     Returns
     -------
@@ -424,6 +582,10 @@ def build_measurement_report(
         raise TypeError('Argument "procedure_reported" should be a pydicom Code.')
     if not isinstance(max_lesion_groups, int) or max_lesion_groups < 0:
         raise ValueError('Argument "max_lesion_groups" should be a non-negative integer.')
+    if not isinstance(max_planar_groups, int) or max_planar_groups < 0:
+        raise ValueError('Argument "max_planar_groups" should be a non-negative integer.')
+    if not isinstance(min_planar_volume_ml, (int, float)) or not min_planar_volume_ml >= 0:
+        raise ValueError('Argument "min_planar_volume_ml" should be a non-negative number.')
     serial = check_long_string(
         device_serial_number if device_serial_number is not None else root[:-1],
         "device_serial_number",
@@ -443,9 +605,18 @@ def build_measurement_report(
         model_algorithm=_algorithm(None, manifest),
     )
     lesion_segment = next(p for p in plan if p.role == LESION_ROLE)
+    tracking_uids = {item.index: str(new_uid(root)) for item in result.analysis.lesions}
+    chosen = significant_lesions(
+        result.analysis, ctx.voxel_ml, max_planar_groups, float(min_planar_volume_ml)
+    )
     groups: list[
-        MeasurementsAndQualitativeEvaluations | VolumetricROIMeasurementsAndQualitativeEvaluations
+        MeasurementsAndQualitativeEvaluations
+        | PlanarROIMeasurementsAndQualitativeEvaluations
+        | VolumetricROIMeasurementsAndQualitativeEvaluations
     ] = []
+    groups.extend(
+        _planar_groups(ctx, result, source_datasets, lesion_segment, chosen, tracking_uids)
+    )
     groups.extend(_classification_groups(ctx, result, manifest))
     groups.append(_burden_group(ctx, result.analysis, lesion_segment, lesion_voxels))
     for planned in plan:
@@ -460,7 +631,9 @@ def build_measurement_report(
             label = 1 if planned.role == RIGHT_LUNG_ROLE else 2
             voxels, mean_hu = int(np.count_nonzero(result.lung_mask == label)), None
         groups.append(_segment_group(ctx, planned, voxels, mean_hu, manifest))
-    groups.extend(_lesion_groups(ctx, result.analysis, lesion_segment, max_lesion_groups))
+    groups.extend(
+        _lesion_groups(ctx, result.analysis, lesion_segment, max_lesion_groups, tracking_uids)
+    )
 
     observer = hd.sr.ObserverContext(
         observer_type=dicom_codes.DCM.Device,
@@ -499,10 +672,11 @@ def build_measurement_report(
             specific_character_set=result_character_set(source_datasets),
         )
     LOGGER.info(
-        "SR %s for series %s: %d measurement groups, lesions %s, %.2f s",
+        "SR %s for series %s: %d measurement groups (%d planar), lesions %s, %.2f s",
         sr.SOPInstanceUID,
         ctx.series_instance_uid,
         len(groups),
+        len(chosen),
         "present" if lesion_voxels else "absent",
         time.perf_counter() - started,
     )
