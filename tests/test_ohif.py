@@ -30,6 +30,7 @@ from PIL import Image
 
 from config import Destination
 from inference.phantom import generate_phantom, sample_spec, write_dicom_series
+from pacs_node.results import read_report_measurements
 from tests.e2e_fixtures import REPO_ROOT, NodeProcess
 from tests.peers import Orthanc, dciodvfy_errors, require_binary, run_dcmtk
 from tests.viewer_server import ViewerServer, require_ohif_dist
@@ -122,7 +123,7 @@ def processed_study(workdir: Path, orthanc: Orthanc, node: NodeProcess) -> Proce
     """A small COVID-19 phantom (256 x 256, 8 mm slices, with lesions) sent by DCMTK
     ``storescu`` to the node, and by ``storescu`` to Orthanc (the modality's copy
     for the PACS); waits until the node's SEG and SR are in Orthanc."""
-    spec = sample_spec(20261127, "covid19").with_grid(matrix=256, slice_thickness=8.0)
+    spec = sample_spec(20261126, "covid19").with_grid(matrix=256, slice_thickness=8.0)
     phantom = generate_phantom(spec)
     assert phantom.lesion_mask.any(), "the phantom should have lesions"
     files = write_dicom_series(phantom, workdir / "ct", uid_seed="ohif-viewer-test")
@@ -149,14 +150,16 @@ def processed_study(workdir: Path, orthanc: Orthanc, node: NodeProcess) -> Proce
 
 
 # -- helpers -------------------------------------------------------------------
-def run_ohif(viewer: ViewerServer, study_uid: str, mode: str, out: Path) -> dict[str, Any]:
+def run_ohif(
+    viewer: ViewerServer, study_uid: str, mode: str, out: Path, sr_measurements: int = 1
+) -> dict[str, Any]:
     """Run ``ohif_check.mjs``; returns its observations (and keeps its screenshots)."""
     require_viewer_tools()
     out.mkdir(parents=True, exist_ok=True)
     command = [
         require_binary("node"), str(OHIF_SCRIPT), "--url", viewer.url, "--study", study_uid,
         "--out", str(out), "--mode", mode, "--seg-label", SEG_LABEL, "--sr-label", SR_LABEL,
-        "--timeout", "60000",
+        "--sr-measurements", str(sr_measurements), "--timeout", "60000",
     ]
     try:
         proc = subprocess.run(
@@ -311,3 +314,48 @@ def test_ohif_draws_the_seg_overlay_on_the_lesion_slices(
           f"expected from the SEG frame ~{expected:.0f}; browser {observed['elapsed_ms']} ms")
     assert off <= 0.01 * on and ct_only <= 0.01 * on
     assert 0.5 * expected <= on <= 1.5 * expected
+
+
+def test_ohif_draws_the_sr_planar_measurements_on_their_slices(
+    processed_study: ProcessedStudy, viewer: ViewerServer, tmp_path: Path
+) -> None:
+    """OHIF opens our SR in its SR viewport on the first lesion's largest slice and
+    draws each planar (TID 1410) group: the outline as a polyline with all its
+    points, and a text box with the area and the long axis the SR holds; the
+    viewport's arrows step to the next lesion on its own slice."""
+    report = read_report_measurements(processed_study.sr)
+    planar = report["planar"]
+    assert planar, "the COVID-19 phantom should give at least one planar measurement group"
+    observed = run_ohif(
+        viewer, processed_study.study_instance_uid, "sr", tmp_path / "sr",
+        sr_measurements=len(planar),
+    )
+    assert observed["blocked_requests"] == [], "OHIF tried to reach other hosts"
+    assert observed["page_errors"] == []
+    # Not rehydratable by design (display-only outlines): no prompt, an empty tracked
+    # measurement panel, and OHIF's "SR" badge in the viewport.
+    assert "SR" in observed["sr_viewport_text"].split()
+    assert "No tracked measurements" in observed["measurement_panel"]
+    lesion_frames = segment_frames(processed_study.seg, "Lesion")
+    ct_shot = Path(observed["screenshots"]["ct"])
+    drawn = observed["sr_measurements"]
+    assert len(drawn) == len(planar)
+    for group, seen in zip(planar, drawn):
+        where = f"{group['tracking_id']} ({group['referenced_sop_instance_uid']})"
+        # On the slice the group references, which is a lesion slice of our SEG.
+        assert seen["image"]["sopInstanceUid"] == group["referenced_sop_instance_uid"], where
+        assert group["referenced_sop_instance_uid"] in lesion_frames, where
+        # The outline: one polyline with every point of the SR's Graphic Data.
+        (polyline,) = seen["svg"]["polylines"]
+        assert polyline["points"] == len(group["points"]), where
+        lines = seen["svg"]["text_lines"]
+        assert f"Area: {group['area_mm2']:.2f} mm2" in lines, (where, lines)
+        assert f"Long axis: {group['long_axis_mm']:.2f} mm" in lines, (where, lines)
+        # Pixels of the annotation colour in the viewport, none on the plain CT.
+        stroke = parse_rgb(polyline["stroke"])
+        annotation = colour_pixels(Path(seen["screenshot"]), stroke, min_chroma=60.0)
+        before = colour_pixels(ct_shot, stroke, min_chroma=60.0)
+        print(f"{where}: {polyline['points']} points, {annotation} pixels of {stroke} "
+              f"(plain CT {before}); {lines}")
+        assert annotation >= 200 and before <= 0.01 * annotation, (where, annotation, before)
+    print(f"browser {observed['elapsed_ms']} ms")

@@ -4,7 +4,8 @@
 // screenshots to --out. It only observes: pass/fail is decided by the Python test.
 //
 //   node tests/viewer/ohif_check.mjs --url http://127.0.0.1:PORT --study UID \
-//        --out DIR --mode seg|sr [--seg-label TEXT] [--sr-label TEXT] [--timeout MS]
+//        --out DIR --mode seg|sr [--seg-label TEXT] [--sr-label TEXT]
+//        [--sr-measurements N] [--timeout MS]
 //
 // Requests to any host other than the viewer's are blocked and listed in the JSON.
 import fs from 'node:fs';
@@ -171,30 +172,67 @@ async function checkSeg(page) {
   step('SEG overlay captured');
 }
 
-async function checkSr(page) {
-  await page.getByText(args.srLabel, { exact: false }).first().dblclick();
-  await page.waitForTimeout(2000);
-  await shootPage(page, 'sr-opened');
-  observed.sr_viewport_text = await page.locator('[data-cy="viewport-pane"]').first().innerText();
-  step('SR opened');
-  await answerPrompt(page, 'sr');
-  await page.waitForTimeout(2000);
-  await page.locator('[data-cy="trackedMeasurements-btn"]').click().catch(() => {});
-  await page.waitForTimeout(1000);
-  observed.measurements = await dataRows(page);
-  observed.measurement_panel = await page.locator('body').innerText();
-  observed.sr_image = await currentImage(page);
-  observed.svg_annotations = await page.locator('svg.svg-layer').first().evaluate(svg => ({
-    paths: svg.querySelectorAll('path').length,
-    polylines: svg.querySelectorAll('polyline').length,
-    lines: svg.querySelectorAll('line').length,
-    texts: Array.from(svg.querySelectorAll('text')).map(t => t.textContent),
-    strokes: Array.from(new Set(Array.from(
-      svg.querySelectorAll('path, polyline, line')).map(e => e.getAttribute('stroke')))),
+/** The SR annotations OHIF drew in the viewport's SVG layer. */
+async function svgAnnotations(page) {
+  return page.locator('[data-cy="viewport-pane"] svg.svg-layer').first().evaluate(svg => ({
+    polylines: Array.from(svg.querySelectorAll('polyline')).map(line => ({
+      points: (line.getAttribute('points') || '').trim().split(/\s+(?=[-\d.]+,)/).length,
+      stroke: line.getAttribute('stroke'),
+    })),
+    text_lines: Array.from(svg.querySelectorAll('tspan')).map(t => t.textContent.trim())
+      .filter(Boolean),
   }));
-  await shootViewport(page, 'sr-measurements');
+}
+
+async function waitForPolyline(page, ms) {
+  try {
+    await page.locator('[data-cy="viewport-pane"] svg.svg-layer polyline').first()
+      .waitFor({ state: 'attached', timeout: ms });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function checkSr(page) {
+  const measurements = Number(args.srMeasurements || 1);
+  await page.getByText(args.srLabel, { exact: false }).first().dblclick();
+  await page.locator('[data-cy="viewport-pane"] canvas.cornerstone-canvas').first()
+    .waitFor({ timeout: args.timeout });
+  await page.locator('[data-cy="viewport-action-arrows-right"]').first()
+    .waitFor({ timeout: args.timeout });
+  observed.sr_viewport_text = await page.locator('[data-cy="viewport-pane"]').first().innerText();
+  step('SR viewport opened');
+  // OHIF 3.13 opens the SR viewport on measurement 0 but may draw its annotation only
+  // at the next render; stepping with the viewport's own arrows (as a reader does)
+  // renders it.
+  observed.sr_drawn_on_open = await waitForPolyline(page, 5000);
+  if (!observed.sr_drawn_on_open) {
+    await page.locator('[data-cy="viewport-action-arrows-right"]').first().click();
+    await page.waitForTimeout(1000);
+    await page.locator('[data-cy="viewport-action-arrows-left"]').first().click();
+    await waitForPolyline(page, 10000);
+  }
+  observed.sr_measurements = [];
+  for (let index = 0; index < measurements; index += 1) {
+    if (index > 0) {
+      await page.locator('[data-cy="viewport-action-arrows-right"]').first().click();
+      await page.waitForTimeout(1000);
+      await waitForPolyline(page, 10000);
+    }
+    const shot = await shootViewport(page, `sr-measurement-${index + 1}`);
+    observed.sr_measurements.push({
+      image: await currentImage(page), svg: await svgAnnotations(page), screenshot: shot,
+    });
+  }
+  step('SR measurements stepped', { count: measurements });
   await shootPage(page, 'sr-page');
-  step('SR measurements captured');
+  await page.locator('[data-cy="trackedMeasurements-btn"]').click();
+  await page.waitForTimeout(1000);
+  observed.measurement_panel = await page.locator('#viewerLayoutResizableRightPanel').innerText();
+  observed.measurement_panel_rows = await dataRows(page);
+  await shootPage(page, 'sr-page-measurement-panel');
+  step('measurement panel read');
 }
 
 async function main() {
