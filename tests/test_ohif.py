@@ -17,6 +17,7 @@ import json
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from config import Destination
 from inference.phantom import generate_phantom, sample_spec, write_dicom_series
 from pacs_node.results import read_report_measurements
 from tests.e2e_fixtures import REPO_ROOT, NodeProcess
-from tests.peers import Orthanc, dciodvfy_errors, require_binary, run_dcmtk
+from tests.peers import Orthanc, dciodvfy_errors, free_port, require_binary, run_dcmtk
 from tests.viewer_server import ViewerServer, require_ohif_dist
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -147,6 +148,16 @@ def processed_study(workdir: Path, orthanc: Orthanc, node: NodeProcess) -> Proce
         sr=_instance(orthanc, series["SR"][0]),
         seconds_to_results=elapsed,
     )
+
+
+@pytest.fixture(scope="module")
+def stock_viewer(orthanc: Orthanc) -> Iterator[ViewerServer]:
+    """OHIF with the stock SR behaviour (no ``onBeforeSRAddMeasurement`` workaround)."""
+    require_viewer_tools()
+    server = ViewerServer(orthanc.http_port, sr_workaround=False)
+    server.start()
+    yield server
+    server.stop()
 
 
 # -- helpers -------------------------------------------------------------------
@@ -359,3 +370,37 @@ def test_ohif_draws_the_sr_planar_measurements_on_their_slices(
               f"(plain CT {before}); {lines}")
         assert annotation >= 200 and before <= 0.01 * annotation, (where, annotation, before)
     print(f"browser {observed['elapsed_ms']} ms")
+
+
+def test_stock_ohif_3_13_shows_a_black_sr_viewport_for_our_sr(
+    processed_study: ProcessedStudy, stock_viewer: ViewerServer, tmp_path: Path
+) -> None:
+    """Why the test configuration carries the ``onBeforeSRAddMeasurement`` hook:
+    without it OHIF 3.13 throws on the SR's first non-geometric measurement and
+    renders no image in the SR viewport (docs/viewers.md, "Known limits"). When an
+    OHIF upgrade fixes this, this test fails and the workaround can go."""
+    assert b"onBeforeSRAddMeasurement" not in stock_viewer.app_config
+    observed = run_ohif(stock_viewer, processed_study.study_instance_uid, "sr-stock",
+                        tmp_path / "sr-stock")
+    assert observed["sr_stock"]["canvases"] == 0, observed["sr_stock"]
+    assert observed["sr_stock"]["polylines"] == 0, observed["sr_stock"]
+
+
+def test_viewer_server_serves_the_shell_config_and_assets(tmp_path: Path) -> None:
+    """Client routes get index.html, /app-config.js has only same-origin DICOMweb
+    roots, a missing asset is a 404, and the DICOMweb proxy answers 502 when the
+    PACS is down."""
+    dead_port = free_port()
+    with ViewerServer(dead_port) as server:
+        with urllib.request.urlopen(f"{server.url}/viewer?StudyInstanceUIDs=1.2.3", timeout=10) as rsp:
+            assert rsp.headers["Content-Type"].startswith("text/html")
+            assert b"app-config.js" in rsp.read()
+        with urllib.request.urlopen(f"{server.url}/app-config.js", timeout=10) as rsp:
+            config = rsp.read().decode()
+        assert '"qidoRoot": "/dicom-web"' in config and '"wadoRoot": "/dicom-web"' in config
+        assert "http://" not in config and "https://" not in config
+        assert "onBeforeSRAddMeasurement" in config
+        for path, status in (("/no-such-bundle.js", 404), ("/dicom-web/studies", 502)):
+            with pytest.raises(urllib.error.HTTPError) as error:
+                urllib.request.urlopen(f"{server.url}{path}", timeout=10)
+            assert error.value.code == status, path

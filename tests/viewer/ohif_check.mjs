@@ -4,7 +4,7 @@
 // screenshots to --out. It only observes: pass/fail is decided by the Python test.
 //
 //   node tests/viewer/ohif_check.mjs --url http://127.0.0.1:PORT --study UID \
-//        --out DIR --mode seg|sr [--seg-label TEXT] [--sr-label TEXT]
+//        --out DIR --mode seg|sr|sr-stock [--seg-label TEXT] [--sr-label TEXT]
 //        [--sr-measurements N] [--timeout MS]
 //
 // Requests to any host other than the viewer's are blocked and listed in the JSON.
@@ -235,6 +235,20 @@ async function checkSr(page) {
   step('measurement panel read');
 }
 
+/** Stock OHIF 3.13 on our SR: what the SR viewport shows after it settles. */
+async function checkSrStock(page) {
+  await page.getByText(args.srLabel, { exact: false }).first().dblclick();
+  await page.waitForTimeout(8000);
+  const pane = page.locator('[data-cy="viewport-pane"]').first();
+  observed.sr_stock = {
+    canvases: await pane.locator('canvas.cornerstone-canvas').count(),
+    polylines: await pane.locator('svg.svg-layer polyline').count(),
+    text: await pane.innerText(),
+  };
+  await shootPage(page, 'sr-stock-page');
+  step('stock SR viewport observed');
+}
+
 async function main() {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'ohif-chromium-'));
   const origin = new URL(args.url).host;
@@ -267,6 +281,7 @@ async function main() {
     await openViewer(page);
     if (args.mode === 'seg') await checkSeg(page);
     else if (args.mode === 'sr') await checkSr(page);
+    else if (args.mode === 'sr-stock') await checkSrStock(page);
     else throw new Error(`unknown --mode ${args.mode}`);
     observed.ok = true;
   } catch (err) {
