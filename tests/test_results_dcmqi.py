@@ -22,7 +22,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from pacs_node.results import encode_results, read_report_measurements
+from pacs_node.results import build_outline_report, encode_results, read_report_measurements
 from tests.results_fixtures import UID_ROOT, make_manifest, phantom_case
 
 
@@ -124,3 +124,20 @@ def test_segimage2itkimage_reads_back_the_same_masks(case):
         read_back = np.transpose(data, (2, 1, 0)) != 0
         assert read_back.any()
         assert np.array_equal(read_back, mask), number
+
+
+def test_tid1500reader_reads_the_outline_report(case):
+    folder, datasets, result = case
+    seg = pydicom.dcmread(folder / "seg.dcm")
+    outline = build_outline_report(datasets, seg, result, make_manifest(), uid_root=UID_ROOT)
+    outline.save_as(folder / "outline.dcm")
+    _run(dcmqi_binary("tid1500reader"), "--inputDICOM", str(folder / "outline.dcm"),
+         "--outputMetadata", str(folder / "outline.json"))
+    document = json.loads((folder / "outline.json").read_text())
+    groups = document["Measurements"]
+    ours = read_report_measurements(pydicom.dcmread(folder / "sr.dcm"))["planar"]
+    assert [(g["TrackingIdentifier"], g["TrackingUniqueIdentifier"]) for g in groups] == [
+        (p["tracking_id"], p["tracking_uid"]) for p in ours]
+    assert [_value(g, "42798000") for g in groups] == pytest.approx(
+        [p["area_mm2"] for p in ours])
+    assert document["SeriesDescription"] == "AI lesion outlines (research)"

@@ -6,13 +6,20 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 from scipy import ndimage
 
 from inference.result import InferenceResult
-from pacs_node.results import encode_results, read_report_measurements
+from pacs_node.results import (
+    build_measurement_report,
+    build_outline_report,
+    codes,
+    encode_results,
+    read_report_measurements,
+)
 from pacs_node.results.planar import (
     largest_region,
     largest_slice,
@@ -270,3 +277,55 @@ def test_planar_group_limits(phantom):
         encode_results(datasets, result, manifest, uid_root=UID_ROOT, max_planar_groups=-1)
     with pytest.raises(ValueError, match="min_planar_volume_ml"):
         encode_results(datasets, result, manifest, uid_root=UID_ROOT, min_planar_volume_ml=-1)
+
+
+def test_highdicom_reads_the_planar_groups(phantom):
+    datasets, result, sr_path = phantom
+    sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(sr_path))
+    groups = sr.content.get_planar_roi_measurement_groups()
+    report = read_report_measurements(pydicom.dcmread(sr_path))
+    assert [str(g.tracking_identifier) for g in groups] == [
+        p["tracking_id"] for p in report["planar"]]
+    for group, mine in zip(groups, report["planar"]):
+        assert str(group.tracking_uid) == mine["tracking_uid"]
+        region = group.roi
+        assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        assert np.array_equal(region.value, mine["points"])
+        (source,) = region.ContentSequence  # SELECTED FROM the source image
+        assert source.referenced_sop_instance_uid == mine["referenced_sop_instance_uid"]
+        area = group.get_measurements(name=codes.AREA)[0]
+        assert area.value == pytest.approx(mine["area_mm2"])
+        assert area.unit == codes.SQUARE_MILLIMETER
+
+
+def test_outline_report_holds_only_the_same_planar_groups(phantom, tmp_path):
+    datasets, result, sr_path = phantom
+    manifest = make_manifest()
+    seg = pydicom.dcmread(sr_path.parent / "seg.dcm")
+    full = build_measurement_report(datasets, seg, result, manifest, uid_root=UID_ROOT)
+    outline = build_outline_report(datasets, seg, result, manifest, uid_root=UID_ROOT)
+    outline.save_as(tmp_path / "outline.dcm")
+    assert dciodvfy_errors(tmp_path / "outline.dcm") == []
+    assert outline.SeriesNumber == 9005
+    assert outline.SeriesDescription == "AI lesion outlines (research)"
+    assert outline.SeriesInstanceUID != full.SeriesInstanceUID
+    container = next(item for item in outline.ContentSequence
+                     if item.ConceptNameCodeSequence[0].CodeValue == "126010")
+    assert {group.ContentTemplateSequence[0].TemplateIdentifier
+            for group in container.ContentSequence} == {"1410"}
+    mine = read_report_measurements(pydicom.dcmread(tmp_path / "outline.dcm"))
+    theirs = read_report_measurements(full)
+    assert mine["lesions"] == [] and mine["segments"] == {} and mine["classification"] is None
+    assert len(mine["planar"]) == len(theirs["planar"]) >= 2
+    for a, b in zip(mine["planar"], theirs["planar"]):
+        # same lesion, same tracking UID (derived from the SEG) in both reports
+        assert (a["tracking_id"], a["tracking_uid"]) == (b["tracking_id"], b["tracking_uid"])
+        assert np.array_equal(a["points"], b["points"])
+        assert (a["area_mm2"], a["long_axis_mm"]) == (b["area_mm2"], b["long_axis_mm"])
+    evidence = {item.ReferencedSOPInstanceUID
+                for study in outline.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence
+                for item in series.ReferencedSOPSequence}
+    assert seg.SOPInstanceUID not in evidence
+    assert build_outline_report(datasets, seg, result, manifest, uid_root=UID_ROOT,
+                                min_planar_volume_ml=1e6) is None

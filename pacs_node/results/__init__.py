@@ -10,6 +10,7 @@ from pacs_node.results.common import (
     SR_SERIES_NUMBER,
 )
 from pacs_node.results.encode import ResultObjects, encode_results
+from pacs_node.results.outline_sr import build_outline_report
 from pacs_node.results.readback import read_report_measurements, read_segmentation_mask
 from pacs_node.results.seg import build_segmentation, plan_segments
 from pacs_node.results.sr import build_measurement_report
@@ -21,6 +22,7 @@ __all__ = [
     "SR_SERIES_NUMBER",
     "ResultObjects",
     "build_measurement_report",
+    "build_outline_report",
     "build_segmentation",
     "encode_results",
     "plan_segments",

@@ -50,17 +50,15 @@ from highdicom.sr import (
     ReferencedSegment,
     SourceSeriesForSegmentation,
     TextContentItem,
-    TrackingIdentifier,
     VolumetricROIMeasurementsAndQualitativeEvaluations,
 )
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.sr.coding import Code
 from pydicom.uid import SegmentationStorage
-from scipy import ndimage
 
 from inference.manifest import Manifest, SegmentSpec
-from inference.result import InferenceResult, Lesion, LesionAnalysis
+from inference.result import InferenceResult, LesionAnalysis
 from pacs_node.results import codes
 from pacs_node.results.common import (
     DEVICE_NAME,
@@ -77,7 +75,16 @@ from pacs_node.results.common import (
     software_version,
 )
 from pacs_node.results.library import image_library, insert_image_library
-from pacs_node.results.planar import PlanarOutline, planar_outline
+from pacs_node.results.sr_planar import (
+    LESION_TRACKING_PREFIX,
+    MAX_PLANAR_GROUPS,
+    MIN_PLANAR_VOLUME_ML,
+    check_lesion_site,
+    lung_site,
+    planar_groups,
+    significant_lesions,
+    tracking_identifier,
+)
 from pacs_node.results.seg import LESION_ROLE, RIGHT_LUNG_ROLE, PlannedSegment, plan_segments
 from pacs_node.results.uids import check_uid_root, is_valid_uid, new_uid, stable_uid
 
@@ -88,6 +95,8 @@ __all__ = [
     "MAX_PLANAR_GROUPS",
     "MIN_PLANAR_VOLUME_ML",
     "significant_lesions",
+    "OUTLINE_SR_SERIES_NUMBER",
+    "OUTLINE_SR_SERIES_DESCRIPTION",
     "CLASSIFICATION_TRACKING_ID",
     "BURDEN_TRACKING_ID",
     "PROBABILITY_TRACKING_PREFIX",
@@ -98,26 +107,17 @@ __all__ = [
 #: Default cap on per-lesion measurement groups (largest lesions first); the
 #: burden group always gives the true number of lesions.
 MAX_LESION_GROUPS = 50
-#: Default cap on planar (TID 1410) groups, one per significant lesion, largest
-#: lesions first. Example: ``build_measurement_report(..., max_planar_groups=3)``.
-MAX_PLANAR_GROUPS = 10
-#: Default smallest volume (ml) of a significant lesion, one that gets a planar
-#: group: 0.5 ml is a sphere of 10 mm diameter, the smallest measurable lesion
-#: of RECIST 1.1. Example: ``build_measurement_report(..., min_planar_volume_ml=1.0)``.
-MIN_PLANAR_VOLUME_ML = 0.5
-#: Graphic Data lengths (points) that OHIF 3.13 would take for a rectangle: its
-#: RectangleROI adapter claims "Image Region" POLYLINEs of 4 or 5 points, which
-#: would make the whole report "rehydratable" and the rectangle wrong. An
-#: outline that short (a rectangular region) gets a midpoint on its first edge.
-_OHIF_RECTANGLE_POINT_COUNTS = (4, 5)
+#: Series Number of the outline report
+#: (:func:`pacs_node.results.outline_sr.build_outline_report`): base + 5.
+OUTLINE_SR_SERIES_NUMBER = 9005
+#: Series Description of the outline report.
+OUTLINE_SR_SERIES_DESCRIPTION = "AI lesion outlines (research)"
 #: Tracking Identifier of the classification group.
 CLASSIFICATION_TRACKING_ID = "AI classification"
 #: Tracking Identifier of the lesion-burden group.
 BURDEN_TRACKING_ID = "Lesion burden"
 #: Prefix of the Tracking Identifiers of the per-class probability groups.
 PROBABILITY_TRACKING_PREFIX = "Probability: "
-#: Prefix of the Tracking Identifiers of the per-lesion groups.
-LESION_TRACKING_PREFIX = "Lesion "
 
 
 @dataclass(frozen=True)
@@ -144,18 +144,6 @@ def _algorithm(spec: SegmentSpec | None, manifest: Manifest) -> AlgorithmIdentif
         version=manifest.model_version,
         parameters=[f"threshold={manifest.lesion_threshold:g}"],
         family=codes.ARTIFICIAL_INTELLIGENCE,
-    )
-
-
-def _tracking(root: str, identifier: str, uid: str | None = None) -> TrackingIdentifier:
-    return TrackingIdentifier(uid=uid or new_uid(root), identifier=identifier)
-
-
-def _lung_site(side: str | None = None, zone: str | None = None) -> FindingSite:
-    return FindingSite(
-        anatomic_location=codes.LUNG,
-        laterality=codes.SIDE_LATERALITY[side] if side else None,
-        topographical_modifier=codes.ZONE_MODIFIERS[zone] if zone else None,
     )
 
 
@@ -186,7 +174,7 @@ def _classification_groups(
     ]
     predicted = class_codes[int(np.argmax(result.class_probabilities))]
     classification = MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(ctx.root, CLASSIFICATION_TRACKING_ID),
+        tracking_identifier=tracking_identifier(ctx.root, CLASSIFICATION_TRACKING_ID),
         algorithm_id=ctx.model_algorithm,
         qualitative_evaluations=[
             QualitativeEvaluation(codes.IMPRESSION, predicted)
@@ -206,7 +194,7 @@ def _classification_groups(
     ):
         groups.append(
             MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=_tracking(
+                tracking_identifier=tracking_identifier(
                     ctx.root, f"{PROBABILITY_TRACKING_PREFIX}{spec.display}"
                 ),
                 finding_type=code,
@@ -241,24 +229,24 @@ def _burden_group(
             name=codes.LUNG_INVOLVEMENT,
             value=round(regions["total"].percent, 4),
             unit=codes.PERCENT,
-            finding_sites=[_lung_site()],
+            finding_sites=[lung_site()],
         ),
     ]
     for side in ("right", "left"):
-        measurements.append(_volume(regions[side].lesion_volume_ml, _lung_site(side)))
+        measurements.append(_volume(regions[side].lesion_volume_ml, lung_site(side)))
         measurements.append(
             Measurement(
                 name=codes.LUNG_INVOLVEMENT,
                 value=round(regions[side].percent, 4),
                 unit=codes.PERCENT,
-                finding_sites=[_lung_site(side)],
+                finding_sites=[lung_site(side)],
             )
         )
     return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(ctx.root, BURDEN_TRACKING_ID),
+        tracking_identifier=tracking_identifier(ctx.root, BURDEN_TRACKING_ID),
         finding_category=lesion.category,
         finding_type=lesion.type,
-        finding_sites=[_lung_site()],
+        finding_sites=[lung_site()],
         algorithm_id=ctx.model_algorithm,
         measurements=measurements,
         qualitative_evaluations=[
@@ -284,7 +272,7 @@ def _segment_group(
     if mean_hu is not None:
         measurements.append(_mean_hu(mean_hu))
     return VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(
+        tracking_identifier=tracking_identifier(
             ctx.root, str(item.get("TrackingID", planned.label)), item.get("TrackingUID")
         ),
         referenced_segment=ReferencedSegment(
@@ -295,18 +283,10 @@ def _segment_group(
         ),
         finding_category=planned.category,
         finding_type=planned.type,
-        finding_sites=[_lung_site(side)],
+        finding_sites=[lung_site(side)],
         algorithm_id=_algorithm(planned.spec, manifest),
         measurements=measurements,
     )
-
-
-def _check_lesion_site(item: Lesion) -> None:
-    if item.side not in codes.SIDE_LATERALITY or item.zone not in codes.ZONE_MODIFIERS:
-        raise ValueError(
-            f'Argument "result.analysis": lesion {item.index} has side {item.side!r} '
-            f"and zone {item.zone!r}."
-        )
 
 
 def _lesion_groups(
@@ -318,15 +298,15 @@ def _lesion_groups(
 ) -> list[MeasurementsAndQualitativeEvaluations]:
     groups = []
     for item in analysis.lesions[:limit]:
-        _check_lesion_site(item)
+        check_lesion_site(item)
         groups.append(
             MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=_tracking(
+                tracking_identifier=tracking_identifier(
                     ctx.root, f"{LESION_TRACKING_PREFIX}{item.index}", tracking_uids[item.index]
                 ),
                 finding_category=lesion.category,
                 finding_type=lesion.type,
-                finding_sites=[_lung_site(item.side, item.zone)],
+                finding_sites=[lung_site(item.side, item.zone)],
                 algorithm_id=ctx.model_algorithm,
                 measurements=[
                     _volume(item.voxel_count * ctx.voxel_ml),
@@ -337,120 +317,6 @@ def _lesion_groups(
     if len(analysis.lesions) > limit:
         LOGGER.info(
             "report lists the %d largest of %d lesions", limit, len(analysis.lesions)
-        )
-    return groups
-
-
-def _component(lesion_mask: np.ndarray, item: Lesion) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """The voxels of one analysed lesion, cropped to its bounding box.
-
-    Returns the cropped mask and the ``(k, i, j)`` index of its first voxel.
-    The lesion is the 26-connected component inside ``item.bbox`` that has
-    ``item.voxel_count`` voxels and spans the whole box.
-    """
-    k0, k1, i0, i1, j0, j1 = item.bbox
-    crop = lesion_mask[k0:k1, i0:i1, j0:j1]
-    labels, count = ndimage.label(crop, structure=np.ones((3, 3, 3), dtype=bool))
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    for number, box in enumerate(ndimage.find_objects(labels), start=1):
-        if (
-            box is not None
-            and int(sizes[number]) == item.voxel_count
-            and all(s.start == 0 and s.stop == n for s, n in zip(box, crop.shape))
-        ):
-            return labels == number, (k0, i0, j0)
-    raise ValueError(
-        f'Argument "result.analysis": lesion {item.index} (bbox {item.bbox}, '
-        f"{item.voxel_count} voxels) is not a connected component of result.lesion_mask."
-    )
-
-
-def significant_lesions(
-    analysis: LesionAnalysis, voxel_ml: float, limit: int, min_volume_ml: float
-) -> list[Lesion]:
-    """The lesions that get a planar group: the ``limit`` largest of at least
-    ``min_volume_ml`` (``analysis.lesions`` is ordered by decreasing volume)."""
-    chosen = [item for item in analysis.lesions if item.voxel_count * voxel_ml >= min_volume_ml]
-    return chosen[:limit]
-
-
-def _ohif_points(points: np.ndarray) -> np.ndarray:
-    """The closed outline, with a collinear midpoint when OHIF would take it
-    for a rectangle (see ``_OHIF_RECTANGLE_POINT_COUNTS``)."""
-    if len(points) not in _OHIF_RECTANGLE_POINT_COUNTS:
-        return points
-    midpoint = (points[0] + points[1]) / 2.0
-    return np.vstack([points[:1], midpoint[None, :], points[1:]])
-
-
-def _planar_group(
-    ctx: _Context,
-    item: Lesion,
-    outline: PlanarOutline,
-    source: Dataset,
-    lesion: PlannedSegment,
-    tracking_uid: str,
-) -> PlanarROIMeasurementsAndQualitativeEvaluations:
-    region = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=_ohif_points(outline.points),
-        source_image=hd.sr.SourceImageForRegion.from_source_image(source),
-    )
-    return PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(
-            ctx.root, f"{LESION_TRACKING_PREFIX}{item.index}", tracking_uid
-        ),
-        referenced_region=region,
-        finding_category=lesion.category,
-        finding_type=lesion.type,
-        finding_sites=[_lung_site(item.side, item.zone)],
-        algorithm_id=ctx.model_algorithm,
-        measurements=[
-            Measurement(
-                name=codes.AREA,
-                value=round(outline.area_mm2, 2),
-                unit=codes.SQUARE_MILLIMETER,
-            ),
-            Measurement(
-                name=codes.LONG_AXIS,
-                value=round(outline.longest_diameter_mm, 2),
-                unit=codes.MILLIMETER,
-            ),
-        ],
-    )
-
-
-def _planar_groups(
-    ctx: _Context,
-    result: InferenceResult,
-    source_datasets: Sequence[Dataset],
-    lesion: PlannedSegment,
-    chosen: Sequence[Lesion],
-    tracking_uids: dict[int, str],
-) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
-    spacing = (result.geometry.spacing[1], result.geometry.spacing[2])
-    groups = []
-    for item in chosen:
-        _check_lesion_site(item)
-        mask, (k0, i0, j0) = _component(result.lesion_mask, item)
-        outline = planar_outline(mask, spacing)
-        outline = PlanarOutline(
-            slice_index=outline.slice_index + k0,
-            points=outline.points + np.array([j0, i0], dtype=np.float64),
-            pixel_count=outline.pixel_count,
-            area_mm2=outline.area_mm2,
-            longest_diameter_mm=outline.longest_diameter_mm,
-            diameter_endpoints=outline.diameter_endpoints + np.array([j0, i0], dtype=np.float64),
-        )
-        groups.append(
-            _planar_group(
-                ctx,
-                item,
-                outline,
-                source_datasets[outline.slice_index],
-                lesion,
-                tracking_uids[item.index],
-            )
         )
     return groups
 
@@ -492,6 +358,179 @@ def _check_analysis(result: InferenceResult, lesion_voxels: int) -> None:
             f'Argument "result.analysis" counts {counted} lesion voxels but '
             f"result.lesion_mask holds {lesion_voxels}."
         )
+
+
+def _nonplanar_groups(
+    ctx: _Context,
+    result: InferenceResult,
+    manifest: Manifest,
+    plan: Sequence[PlannedSegment],
+    lesion_voxels: int,
+    max_lesion_groups: int,
+    tracking_uids: dict[int, str],
+) -> list[
+    MeasurementsAndQualitativeEvaluations | VolumetricROIMeasurementsAndQualitativeEvaluations
+]:
+    """Classification, burden, one TID 1411 group per segment, per-lesion groups."""
+    lesion_segment = next(p for p in plan if p.role == LESION_ROLE)
+    groups: list[
+        MeasurementsAndQualitativeEvaluations | VolumetricROIMeasurementsAndQualitativeEvaluations
+    ] = []
+    groups.extend(_classification_groups(ctx, result, manifest))
+    groups.append(_burden_group(ctx, result.analysis, lesion_segment, lesion_voxels))
+    for planned in plan:
+        if planned.role == LESION_ROLE:
+            voxels = lesion_voxels
+            mean_hu = (
+                sum(x.mean_hu * x.voxel_count for x in result.analysis.lesions) / voxels
+                if voxels
+                else None
+            )
+        else:
+            label = 1 if planned.role == RIGHT_LUNG_ROLE else 2
+            voxels, mean_hu = int(np.count_nonzero(result.lung_mask == label)), None
+        groups.append(_segment_group(ctx, planned, voxels, mean_hu, manifest))
+    groups.extend(
+        _lesion_groups(ctx, result.analysis, lesion_segment, max_lesion_groups, tracking_uids)
+    )
+    return groups
+
+
+def _build(
+    source_datasets: Sequence[Dataset],
+    seg: Dataset,
+    result: InferenceResult,
+    manifest: Manifest,
+    *,
+    uid_root: str,
+    series_number: int = SR_SERIES_NUMBER,
+    instance_number: int = 1,
+    manufacturer: str = MANUFACTURER,
+    device_name: str = DEVICE_NAME,
+    device_uid: str | None = None,
+    device_serial_number: str | None = None,
+    institution_name: str | None = None,
+    procedure_reported: Code = codes.CT_OF_CHEST,
+    max_lesion_groups: int = MAX_LESION_GROUPS,
+    max_planar_groups: int = MAX_PLANAR_GROUPS,
+    min_planar_volume_ml: float = MIN_PLANAR_VOLUME_ML,
+    planar_only: bool = False,
+) -> hd.sr.Comprehensive3DSR | None:
+    """Build the measurement report, or with ``planar_only`` the outline report.
+
+    See :func:`build_measurement_report` and
+    :func:`pacs_node.results.outline_sr.build_outline_report`.
+    """
+    started = time.perf_counter()
+    root = check_uid_root(uid_root)
+    check_series_number(series_number, "series_number")
+    check_series_number(instance_number, "instance_number")
+    check_long_string(manufacturer, "manufacturer")
+    check_long_string(device_name, "device_name")
+    if device_uid is not None and not is_valid_uid(device_uid):
+        raise ValueError('Argument "device_uid" should be a valid UID.')
+    if not isinstance(procedure_reported, (Code, hd.sr.CodedConcept)):
+        raise TypeError('Argument "procedure_reported" should be a pydicom Code.')
+    if not isinstance(max_lesion_groups, int) or max_lesion_groups < 0:
+        raise ValueError('Argument "max_lesion_groups" should be a non-negative integer.')
+    if not isinstance(max_planar_groups, int) or max_planar_groups < 0:
+        raise ValueError('Argument "max_planar_groups" should be a non-negative integer.')
+    if not isinstance(min_planar_volume_ml, (int, float)) or not min_planar_volume_ml >= 0:
+        raise ValueError('Argument "min_planar_volume_ml" should be a non-negative number.')
+    serial = check_long_string(
+        device_serial_number if device_serial_number is not None else root[:-1],
+        "device_serial_number",
+    )
+    check_result(result, manifest)
+    check_source_datasets(source_datasets, result.geometry)
+    plan = plan_segments(manifest)
+    _check_segmentation(seg, source_datasets, plan)
+    lesion_voxels = int(np.count_nonzero(result.lesion_mask))
+    _check_analysis(result, lesion_voxels)
+
+    ctx = _Context(
+        root=root,
+        seg=seg,
+        series_instance_uid=str(source_datasets[0].SeriesInstanceUID),
+        voxel_ml=result.geometry.voxel_volume_ml,
+        model_algorithm=_algorithm(None, manifest),
+    )
+    lesion_segment = next(p for p in plan if p.role == LESION_ROLE)
+    # Derived from the SEG: the outline report of the same result gives each
+    # lesion the same tracking UID as the measurement report.
+    tracking_uids = {
+        item.index: str(stable_uid(root, f"{seg.SOPInstanceUID}/lesion/{item.index}"))
+        for item in result.analysis.lesions
+    }
+    chosen = significant_lesions(
+        result.analysis, ctx.voxel_ml, max_planar_groups, float(min_planar_volume_ml)
+    )
+    groups: list[
+        MeasurementsAndQualitativeEvaluations
+        | PlanarROIMeasurementsAndQualitativeEvaluations
+        | VolumetricROIMeasurementsAndQualitativeEvaluations
+    ] = []
+    groups.extend(
+        planar_groups(
+            ctx.root, ctx.model_algorithm, result, source_datasets, lesion_segment, chosen,
+            tracking_uids,
+        )
+    )
+    if planar_only and not groups:
+        LOGGER.info("no outline report for series %s: no significant lesion",
+                    ctx.series_instance_uid)
+        return None
+    if not planar_only:
+        groups.extend(_nonplanar_groups(ctx, result, manifest, plan, lesion_voxels,
+                                        max_lesion_groups, tracking_uids))
+    observer = hd.sr.ObserverContext(
+        observer_type=dicom_codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid or stable_uid(root, "device", device_name),
+            name=device_name,
+            manufacturer_name=manufacturer,
+            model_name=device_name,
+            serial_number=serial,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=procedure_reported,
+        imaging_measurements=groups,
+    )
+    insert_image_library(report[0], image_library(source_datasets))
+    with phi_safe_warnings():
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=[*source_datasets] if planar_only else [*source_datasets, seg],
+            content=report[0],
+            series_instance_uid=new_uid(root),
+            series_number=series_number,
+            sop_instance_uid=new_uid(root),
+            instance_number=instance_number,
+            manufacturer=manufacturer,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            series_description=(
+                OUTLINE_SR_SERIES_DESCRIPTION if planar_only else SR_SERIES_DESCRIPTION
+            ),
+            coding_schemes=[codes.private_coding_scheme()],
+            manufacturer_model_name=device_name,
+            software_versions=software_version(),
+            device_serial_number=serial,
+            institution_name=resolve_institution_name(source_datasets, institution_name),
+            specific_character_set=result_character_set(source_datasets),
+        )
+    LOGGER.info(
+        "SR %s for series %s: %d measurement groups (%d planar), lesions %s, %.2f s",
+        sr.SOPInstanceUID,
+        ctx.series_instance_uid,
+        len(groups),
+        len(chosen),
+        "present" if lesion_voxels else "absent",
+        time.perf_counter() - started,
+    )
+    return sr
 
 
 def build_measurement_report(
@@ -570,114 +609,25 @@ def build_measurement_report(
         match the manifest or disagrees with its own analysis, or ``seg`` is
         not the SEG of these source images and this manifest.
     """
-    started = time.perf_counter()
-    root = check_uid_root(uid_root)
-    check_series_number(series_number, "series_number")
-    check_series_number(instance_number, "instance_number")
-    check_long_string(manufacturer, "manufacturer")
-    check_long_string(device_name, "device_name")
-    if device_uid is not None and not is_valid_uid(device_uid):
-        raise ValueError('Argument "device_uid" should be a valid UID.')
-    if not isinstance(procedure_reported, (Code, hd.sr.CodedConcept)):
-        raise TypeError('Argument "procedure_reported" should be a pydicom Code.')
-    if not isinstance(max_lesion_groups, int) or max_lesion_groups < 0:
-        raise ValueError('Argument "max_lesion_groups" should be a non-negative integer.')
-    if not isinstance(max_planar_groups, int) or max_planar_groups < 0:
-        raise ValueError('Argument "max_planar_groups" should be a non-negative integer.')
-    if not isinstance(min_planar_volume_ml, (int, float)) or not min_planar_volume_ml >= 0:
-        raise ValueError('Argument "min_planar_volume_ml" should be a non-negative number.')
-    serial = check_long_string(
-        device_serial_number if device_serial_number is not None else root[:-1],
-        "device_serial_number",
-    )
-    check_result(result, manifest)
-    check_source_datasets(source_datasets, result.geometry)
-    plan = plan_segments(manifest)
-    _check_segmentation(seg, source_datasets, plan)
-    lesion_voxels = int(np.count_nonzero(result.lesion_mask))
-    _check_analysis(result, lesion_voxels)
-
-    ctx = _Context(
-        root=root,
-        seg=seg,
-        series_instance_uid=str(source_datasets[0].SeriesInstanceUID),
-        voxel_ml=result.geometry.voxel_volume_ml,
-        model_algorithm=_algorithm(None, manifest),
-    )
-    lesion_segment = next(p for p in plan if p.role == LESION_ROLE)
-    tracking_uids = {item.index: str(new_uid(root)) for item in result.analysis.lesions}
-    chosen = significant_lesions(
-        result.analysis, ctx.voxel_ml, max_planar_groups, float(min_planar_volume_ml)
-    )
-    groups: list[
-        MeasurementsAndQualitativeEvaluations
-        | PlanarROIMeasurementsAndQualitativeEvaluations
-        | VolumetricROIMeasurementsAndQualitativeEvaluations
-    ] = []
-    groups.extend(
-        _planar_groups(ctx, result, source_datasets, lesion_segment, chosen, tracking_uids)
-    )
-    groups.extend(_classification_groups(ctx, result, manifest))
-    groups.append(_burden_group(ctx, result.analysis, lesion_segment, lesion_voxels))
-    for planned in plan:
-        if planned.role == LESION_ROLE:
-            voxels = lesion_voxels
-            mean_hu = (
-                sum(x.mean_hu * x.voxel_count for x in result.analysis.lesions) / voxels
-                if voxels
-                else None
-            )
-        else:
-            label = 1 if planned.role == RIGHT_LUNG_ROLE else 2
-            voxels, mean_hu = int(np.count_nonzero(result.lung_mask == label)), None
-        groups.append(_segment_group(ctx, planned, voxels, mean_hu, manifest))
-    groups.extend(
-        _lesion_groups(ctx, result.analysis, lesion_segment, max_lesion_groups, tracking_uids)
-    )
-
-    observer = hd.sr.ObserverContext(
-        observer_type=dicom_codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device_uid or stable_uid(root, "device", device_name),
-            name=device_name,
-            manufacturer_name=manufacturer,
-            model_name=device_name,
-            serial_number=serial,
-        ),
-    )
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+    report = _build(
+        source_datasets,
+        seg,
+        result,
+        manifest,
+        uid_root=uid_root,
+        series_number=series_number,
+        instance_number=instance_number,
+        manufacturer=manufacturer,
+        device_name=device_name,
+        device_uid=device_uid,
+        device_serial_number=device_serial_number,
+        institution_name=institution_name,
         procedure_reported=procedure_reported,
-        imaging_measurements=groups,
+        max_lesion_groups=max_lesion_groups,
+        max_planar_groups=max_planar_groups,
+        min_planar_volume_ml=min_planar_volume_ml,
     )
-    insert_image_library(report[0], image_library(source_datasets))
-    with phi_safe_warnings():
-        sr = hd.sr.Comprehensive3DSR(
-            evidence=[*source_datasets, seg],
-            content=report[0],
-            series_instance_uid=new_uid(root),
-            series_number=series_number,
-            sop_instance_uid=new_uid(root),
-            instance_number=instance_number,
-            manufacturer=manufacturer,
-            is_complete=True,
-            is_final=False,
-            is_verified=False,
-            series_description=SR_SERIES_DESCRIPTION,
-            coding_schemes=[codes.private_coding_scheme()],
-            manufacturer_model_name=device_name,
-            software_versions=software_version(),
-            device_serial_number=serial,
-            institution_name=resolve_institution_name(source_datasets, institution_name),
-            specific_character_set=result_character_set(source_datasets),
-        )
-    LOGGER.info(
-        "SR %s for series %s: %d measurement groups (%d planar), lesions %s, %.2f s",
-        sr.SOPInstanceUID,
-        ctx.series_instance_uid,
-        len(groups),
-        len(chosen),
-        "present" if lesion_voxels else "absent",
-        time.perf_counter() - started,
-    )
-    return sr
+    if report is None:  # pragma: no cover - only the outline report can be empty
+        raise RuntimeError("the measurement report was not built")
+    return report
+
