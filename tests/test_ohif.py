@@ -31,7 +31,10 @@ from PIL import Image
 
 from config import Destination
 from inference.phantom import generate_phantom, sample_spec, write_dicom_series
-from pacs_node.results import read_report_measurements
+from config.settings import DEFAULT_UID_ROOT, bundled_model_dir
+from inference.pipeline import InferencePipeline
+from inference.volume import build_volume, read_series
+from pacs_node.results import build_outline_report, read_report_measurements
 from tests.e2e_fixtures import REPO_ROOT, NodeProcess
 from tests.peers import Orthanc, dciodvfy_errors, free_port, require_binary, run_dcmtk
 from tests.viewer_server import ViewerServer, require_ohif_dist
@@ -162,14 +165,15 @@ def stock_viewer(orthanc: Orthanc) -> Iterator[ViewerServer]:
 
 # -- helpers -------------------------------------------------------------------
 def run_ohif(
-    viewer: ViewerServer, study_uid: str, mode: str, out: Path, sr_measurements: int = 1
+    viewer: ViewerServer, study_uid: str, mode: str, out: Path, sr_measurements: int = 1,
+    sr_label: str = SR_LABEL, artifacts: str | None = None,
 ) -> dict[str, Any]:
     """Run ``ohif_check.mjs``; returns its observations (and keeps its screenshots)."""
     require_viewer_tools()
     out.mkdir(parents=True, exist_ok=True)
     command = [
         require_binary("node"), str(OHIF_SCRIPT), "--url", viewer.url, "--study", study_uid,
-        "--out", str(out), "--mode", mode, "--seg-label", SEG_LABEL, "--sr-label", SR_LABEL,
+        "--out", str(out), "--mode", mode, "--seg-label", SEG_LABEL, "--sr-label", sr_label,
         "--sr-measurements", str(sr_measurements), "--timeout", "60000",
     ]
     try:
@@ -179,7 +183,7 @@ def run_ohif(
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"OHIF check ({mode}) did not finish within {BROWSER_TIMEOUT} s: {exc}")
-    keep_artifacts(out, mode)
+    keep_artifacts(out, artifacts or mode)
     observed_path = out / "observed.json"
     assert observed_path.is_file(), f"ohif_check.mjs wrote nothing: {proc.stdout}{proc.stderr}"
     observed: dict[str, Any] = json.loads(observed_path.read_text())
@@ -248,6 +252,39 @@ def segment_rgb(seg: pydicom.Dataset, label: str) -> tuple[int, int, int]:
     (item,) = [item for item in seg.SegmentSequence if item.SegmentLabel == label]
     rgb = hd.color.CIELabColor.from_dicom_value(item.RecommendedDisplayCIELabValue).to_rgb()
     return int(rgb[0]), int(rgb[1]), int(rgb[2])
+
+
+def check_sr_drawing(
+    observed: dict[str, Any], planar: list[dict[str, Any]], seg: pydicom.Dataset
+) -> None:
+    """Each planar group drawn by OHIF's SR viewport on its slice: one polyline with
+    all the SR's points, the SR's area and long axis in the text box, and pixels of
+    the annotation colour that the plain CT does not have."""
+    assert observed["blocked_requests"] == [], "OHIF tried to reach other hosts"
+    assert observed["page_errors"] == []
+    lesion_frames = segment_frames(seg, "Lesion")
+    ct_shot = Path(observed["screenshots"]["ct"])
+    drawn = observed["sr_measurements"]
+    assert len(drawn) == len(planar)
+    for group, seen in zip(planar, drawn):
+        where = f"{group['tracking_id']} ({group['referenced_sop_instance_uid']})"
+        # On the slice the group references, which is a lesion slice of our SEG.
+        assert seen["image"]["sopInstanceUid"] == group["referenced_sop_instance_uid"], where
+        assert group["referenced_sop_instance_uid"] in lesion_frames, where
+        # The outline: one polyline with every point of the SR's Graphic Data.
+        (polyline,) = seen["svg"]["polylines"]
+        assert polyline["points"] == len(group["points"]), where
+        lines = seen["svg"]["text_lines"]
+        assert f"Area: {group['area_mm2']:.2f} mm2" in lines, (where, lines)
+        assert f"Long axis: {group['long_axis_mm']:.2f} mm" in lines, (where, lines)
+        # Pixels of the annotation colour in the viewport, none on the plain CT.
+        stroke = parse_rgb(polyline["stroke"])
+        annotation = colour_pixels(Path(seen["screenshot"]), stroke, min_chroma=60.0)
+        before = colour_pixels(ct_shot, stroke, min_chroma=60.0)
+        print(f"{where}: {polyline['points']} points, {annotation} pixels of {stroke} "
+              f"(plain CT {before}); {lines}")
+        assert annotation >= 200 and before <= 0.01 * annotation, (where, annotation, before)
+    print(f"browser {observed['elapsed_ms']} ms")
 
 
 # -- tests ---------------------------------------------------------------------
@@ -341,35 +378,43 @@ def test_ohif_draws_the_sr_planar_measurements_on_their_slices(
         viewer, processed_study.study_instance_uid, "sr", tmp_path / "sr",
         sr_measurements=len(planar),
     )
-    assert observed["blocked_requests"] == [], "OHIF tried to reach other hosts"
-    assert observed["page_errors"] == []
+    check_sr_drawing(observed, planar, processed_study.seg)
     # Not rehydratable by design (display-only outlines): no prompt, an empty tracked
     # measurement panel, and OHIF's "SR" badge in the viewport.
     assert "SR" in observed["sr_viewport_text"].split()
     assert "No tracked measurements" in observed["measurement_panel"]
-    lesion_frames = segment_frames(processed_study.seg, "Lesion")
-    ct_shot = Path(observed["screenshots"]["ct"])
-    drawn = observed["sr_measurements"]
-    assert len(drawn) == len(planar)
-    for group, seen in zip(planar, drawn):
-        where = f"{group['tracking_id']} ({group['referenced_sop_instance_uid']})"
-        # On the slice the group references, which is a lesion slice of our SEG.
-        assert seen["image"]["sopInstanceUid"] == group["referenced_sop_instance_uid"], where
-        assert group["referenced_sop_instance_uid"] in lesion_frames, where
-        # The outline: one polyline with every point of the SR's Graphic Data.
-        (polyline,) = seen["svg"]["polylines"]
-        assert polyline["points"] == len(group["points"]), where
-        lines = seen["svg"]["text_lines"]
-        assert f"Area: {group['area_mm2']:.2f} mm2" in lines, (where, lines)
-        assert f"Long axis: {group['long_axis_mm']:.2f} mm" in lines, (where, lines)
-        # Pixels of the annotation colour in the viewport, none on the plain CT.
-        stroke = parse_rgb(polyline["stroke"])
-        annotation = colour_pixels(Path(seen["screenshot"]), stroke, min_chroma=60.0)
-        before = colour_pixels(ct_shot, stroke, min_chroma=60.0)
-        print(f"{where}: {polyline['points']} points, {annotation} pixels of {stroke} "
-              f"(plain CT {before}); {lines}")
-        assert annotation >= 200 and before <= 0.01 * annotation, (where, annotation, before)
-    print(f"browser {observed['elapsed_ms']} ms")
+
+def test_stock_ohif_draws_the_outline_report(
+    processed_study: ProcessedStudy, orthanc: Orthanc, stock_viewer: ViewerServer,
+    tmp_path: Path,
+) -> None:
+    """The planar-only outline report (``build_outline_report``, series 9005) is drawn
+    by OHIF 3.13 as shipped, without the app-config hook: built here from the same
+    CT with the bundled model (as the node does), stored in Orthanc beside the
+    node's results, opened in the SR viewport."""
+    pipeline = InferencePipeline.from_model_dir(bundled_model_dir())
+    volume = build_volume(read_series(processed_study.ct_files))
+    result = pipeline.run_volume(volume)
+    outline = build_outline_report(
+        volume.datasets, processed_study.seg, result, pipeline.manifest,
+        uid_root=DEFAULT_UID_ROOT,
+    )
+    assert outline is not None, "the COVID-19 phantom should have a significant lesion"
+    outline.save_as(tmp_path / "outline.dcm")
+    assert dciodvfy_errors(tmp_path / "outline.dcm") == []
+    planar = read_report_measurements(outline)["planar"]
+    # The same lesions as the node's full report (same model, same CT, same SEG).
+    full = read_report_measurements(processed_study.sr)["planar"]
+    assert [(p["tracking_uid"], p["area_mm2"]) for p in planar] == [
+        (p["tracking_uid"], p["area_mm2"]) for p in full]
+    orthanc.upload([tmp_path / "outline.dcm"])
+    assert b"onBeforeSRAddMeasurement" not in stock_viewer.app_config
+    observed = run_ohif(
+        stock_viewer, processed_study.study_instance_uid, "sr", tmp_path / "outline",
+        sr_measurements=len(planar), sr_label=str(outline.SeriesDescription),
+        artifacts="sr-outline-stock",
+    )
+    check_sr_drawing(observed, planar, processed_study.seg)
 
 
 def test_stock_ohif_3_13_shows_a_black_sr_viewport_for_our_sr(
