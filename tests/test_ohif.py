@@ -35,6 +35,7 @@ from config.settings import DEFAULT_UID_ROOT, bundled_model_dir
 from inference.pipeline import InferencePipeline
 from inference.volume import build_volume, read_series
 from pacs_node.results import build_outline_report, read_report_measurements
+from storage import JobState
 from tests.e2e_fixtures import REPO_ROOT, NodeProcess
 from tests.peers import Orthanc, dciodvfy_errors, free_port, require_binary, run_dcmtk
 from tests.viewer_server import ViewerServer, require_ohif_dist
@@ -289,10 +290,12 @@ def check_sr_drawing(
 
 # -- tests ---------------------------------------------------------------------
 def test_node_results_are_served_by_orthanc_dicomweb_through_the_viewer_origin(
-    processed_study: ProcessedStudy, viewer: ViewerServer, tmp_path: Path
+    processed_study: ProcessedStudy, node: NodeProcess, viewer: ViewerServer, tmp_path: Path
 ) -> None:
-    """The study the node processed (CT + SEG + SR) answers QIDO-RS and WADO-RS on
-    the viewer's origin, the way OHIF asks for it."""
+    """The node processed the series and exported its results; the study (CT + SEG
+    + SR) answers QIDO-RS and WADO-RS on the viewer's origin, as OHIF asks for it."""
+    (job,) = node.jobs(processed_study.ct_series_instance_uid)
+    assert job.state is JobState.EXPORTED
     study = processed_study.study_instance_uid
     for name, ds in (("seg.dcm", processed_study.seg), ("sr.dcm", processed_study.sr)):
         ds.save_as(tmp_path / name)
