@@ -36,6 +36,7 @@ const args = parseArgs(process.argv.slice(2));
 fs.mkdirSync(args.out, { recursive: true });
 const observed = {
   mode: args.mode, study: args.study, steps: [], blocked_requests: [], console_errors: [],
+  console_type_errors: [],
   page_errors: [], failed_requests: [], screenshots: {},
 };
 const started = Date.now();
@@ -269,6 +270,9 @@ async function main() {
     const page = context.pages()[0] || await context.newPage();
     page.on('console', msg => {
       if (msg.type() === 'error') observed.console_errors.push(msg.text().slice(0, 500));
+      if (/TypeError|_checkIfCanAddMeasurementsToDisplaySet/.test(msg.text())) {
+        observed.console_type_errors.push(`${msg.type()}: ${msg.text().slice(0, 800)}`);
+      }
     });
     page.on('pageerror', err => observed.page_errors.push(String(err).slice(0, 500)));
     page.on('response', response => {
