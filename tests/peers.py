@@ -24,6 +24,8 @@ import pytest
 LOGGER = logging.getLogger(__name__)
 
 ORTHANC_BINARY = "Orthanc"
+#: Where Debian's ``orthanc-dicomweb`` package installs the DICOMweb plugin.
+ORTHANC_PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc/plugins")
 #: Environment for peers: without TCP_NODELAY Debian's DCMTK stalls ~45 ms per C-STORE.
 PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -43,6 +45,17 @@ def require_binary(name: str) -> str:
     return path
 
 
+def require_orthanc_dicomweb() -> str:
+    """Path of Orthanc's DICOMweb plugin; fails the test (never skips) when it is missing."""
+    for folder in ORTHANC_PLUGIN_DIRS:
+        for path in sorted(Path(folder).glob("libOrthancDicomWeb.so*")):
+            return str(path)
+    pytest.fail(
+        "Orthanc DICOMweb plugin (libOrthancDicomWeb.so) not found in "
+        f"{', '.join(ORTHANC_PLUGIN_DIRS)}: install orthanc-dicomweb (see .ci/run)"
+    )
+
+
 class OrthancError(RuntimeError):
     """Orthanc did not start or answered a REST call with an error."""
 
@@ -58,6 +71,10 @@ class Orthanc:
         Orthanc's own AE title.
     modalities: dict[str, tuple[str, str, int]] | None, optional
         ``{name: (ae_title, host, port)}`` of DICOM peers Orthanc may send to.
+    dicomweb: bool, optional
+        Load the ``orthanc-dicomweb`` plugin and serve DICOMweb (QIDO-RS, WADO-RS,
+        STOW-RS) under ``/dicom-web/`` with full study and series metadata, as
+        OHIF needs it.
     """
 
     def __init__(
@@ -65,10 +82,12 @@ class Orthanc:
         workdir: Path,
         aet: str = "ORTHANC",
         modalities: dict[str, tuple[str, str, int]] | None = None,
+        dicomweb: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.aet = aet
         self.modalities = dict(modalities or {})
+        self.dicomweb = dicomweb
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -78,7 +97,7 @@ class Orthanc:
     def config(self) -> dict[str, Any]:
         """Orthanc configuration (JSON) for this instance."""
         storage = self.workdir / "storage"
-        return {
+        config: dict[str, Any] = {
             "Name": "deepsc-test-pacs",
             "StorageDirectory": str(storage),
             "IndexDirectory": str(storage),
@@ -104,6 +123,18 @@ class Orthanc:
             "StableAge": 2,
             "SaveJobs": False,
         }
+        if self.dicomweb:
+            config["Plugins"] = [require_orthanc_dicomweb()]
+            config["DicomWeb"] = {
+                "Enable": True,
+                "Root": "/dicom-web/",
+                "EnableWado": True,
+                "WadoRoot": "/wado",
+                "Ssl": False,
+                "StudiesMetadata": "Full",
+                "SeriesMetadata": "Full",
+            }
+        return config
 
     def start(self, timeout: float = 30.0) -> Orthanc:
         """Start the process and wait until its REST API answers."""
