@@ -52,14 +52,16 @@ __all__ = [
 #:
 #: .. versionchanged:: issue 4
 #:     "sc" and "gsps".
-RESULT_OBJECT_KINDS: tuple[str, ...] = ("seg", "sr", "sc", "gsps")
+RESULT_OBJECT_KINDS: tuple[str, ...] = ("seg", "sr", "outline", "sc", "gsps")
 
 #: Result objects sent to a destination when ``objects`` is not set, e.g.
-#: ``objects = ["seg", "sr", "sc", "gsps"]`` to add the presentation state.
+#: ``objects = ["seg", "sr", "outline", "sc", "gsps"]`` to add the presentation
+#: state.
 #:
 #: .. versionchanged:: issue 4
-#:     "sc" is sent by default.
-DEFAULT_OBJECTS: tuple[str, ...] = ("seg", "sr", "sc")
+#:     "outline" (the planar-only report that OHIF draws) and "sc" are sent by
+#:     default.
+DEFAULT_OBJECTS: tuple[str, ...] = ("seg", "sr", "outline", "sc")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _COMPACT_DESTINATION_RE = re.compile(
@@ -169,7 +171,7 @@ class Destination:
         TCP port.
     objects: tuple[str, ...]
         Which result objects to send (:data:`RESULT_OBJECT_KINDS`), default
-        ``("seg", "sr", "sc")``.
+        ``("seg", "sr", "outline", "sc")``.
     tls: bool
         Associate over DICOM TLS (``[tls]`` settings: CAs and client
         certificate). Default ``False``.

@@ -46,7 +46,7 @@ from inference.manifest import Manifest
 from inference.pipeline import InferencePipeline
 from inference.result import InferenceResult
 from inference.volume import build_volume, read_series
-from pacs_node.results import ResultObjects, encode_results
+from pacs_node.results import ResultObjects, build_outline_report, encode_results
 from pacs_node.results.capture import build_secondary_captures
 from pacs_node.results.gsps import build_presentation_state
 from pacs_node.results.sc import SummaryRendering, render_summary
@@ -57,9 +57,10 @@ LOGGER = logging.getLogger(__name__)
 __all__ = ["ProcessedSeries", "SeriesProcessor", "dataset_bytes"]
 
 #: Result object kinds in the order they are written, recorded and sent
-#: (the SR references the SEG): SEG, SR, the Secondary Capture series (one
-#: object per image), the presentation state (when produced).
-OBJECT_KINDS: tuple[str, ...] = ("seg", "sr", "sc", "gsps")
+#: (the SR references the SEG): SEG, SR, the outline report (when a lesion is
+#: significant), the Secondary Capture series (one object per image), the
+#: presentation state (when produced).
+OBJECT_KINDS: tuple[str, ...] = ("seg", "sr", "outline", "sc", "gsps")
 
 
 def dataset_bytes(dataset: Dataset) -> bytes:
@@ -115,9 +116,13 @@ class ProcessedSeries:
         The "AI summary" series: key images, then the summary page.
     presentation_state: pydicom.Dataset | None
         The GSPS with the lesion outlines, when it was asked for.
+    outline_report: pydicom.Dataset | None
+        The TID 1500 report with only the planar lesion groups
+        (:func:`pacs_node.results.build_outline_report`, series base + 5),
+        which stock OHIF 3.13 draws; ``None`` when no lesion is significant.
 
     .. versionchanged:: issue 4
-        ``secondary_captures`` and ``presentation_state``.
+        ``secondary_captures``, ``presentation_state`` and ``outline_report``.
     """
 
     series_instance_uid: str
@@ -128,6 +133,7 @@ class ProcessedSeries:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     secondary_captures: tuple[Dataset, ...] = ()
     presentation_state: Dataset | None = None
+    outline_report: Dataset | None = None
 
     def datasets(self) -> list[tuple[str, Dataset]]:
         """Kinds and objects in sending order.
@@ -135,12 +141,14 @@ class ProcessedSeries:
         Returns
         -------
         list[tuple[str, pydicom.Dataset]]
-            ``("seg", seg)``, ``("sr", sr)``, ``("sc", image)`` per Secondary
-            Capture image in instance order, then ``("gsps", state)`` when
-            produced.
+            ``("seg", seg)``, ``("sr", sr)``, ``("outline", report)`` when
+            produced, ``("sc", image)`` per Secondary Capture image in
+            instance order, then ``("gsps", state)`` when produced.
         """
         seg, sr = self.objects.datasets[:2]
         items: list[tuple[str, Dataset]] = [("seg", seg), ("sr", sr)]
+        if self.outline_report is not None:
+            items.append(("outline", self.outline_report))
         items.extend(("sc", image) for image in self.secondary_captures)
         if self.presentation_state is not None:
             items.append(("gsps", self.presentation_state))
@@ -155,10 +163,11 @@ class ProcessedSeries:
             Class probabilities, lesion measurements, geometry and timings
             (no PHI), ``source_series_instance_uid``, ``image_count``,
             ``intended_use`` and ``objects``: ``{"seg": uids, "sr": uids,
-            "sc": [uids, ...], "gsps": uids}`` where ``uids`` is ``{sop_class_uid,
+            "outline": uids, "sc": [uids, ...], "gsps": uids}`` where ``uids`` is ``{sop_class_uid,
             sop_instance_uid, series_instance_uid, study_instance_uid}``;
             ``"sc"`` lists the images in instance order (key images, then the
-            summary page) and ``"gsps"`` is present only when produced.
+            summary page); ``"outline"`` and ``"gsps"`` are present only when
+            produced.
         """
         data = self.result.to_dict()
         data["timings_s"] = {
@@ -190,7 +199,8 @@ class SeriesProcessor:
         Root of every UID the node generates (``Settings.uid_root``).
     series_number_base: int
         Series Number base: SEG gets base + 1, SR base + 2, the Secondary
-        Capture series base + 3, the presentation state base + 4
+        Capture series base + 3, the presentation state base + 4, the outline
+        report base + 5
         (``Settings.result_series_number_base``).
     rules: config.SelectionRules
         For the Image Type exclusions of :func:`usable_images`.
@@ -400,6 +410,14 @@ class SeriesProcessor:
             seg_series_number=self.series_number_base + 1,
             sr_series_number=self.series_number_base + 2,
         )
+        outline_report = build_outline_report(
+            sources,
+            objects.seg,
+            result,
+            self.manifest,
+            uid_root=self.uid_root,
+            series_number=self.series_number_base + 5,
+        )
         secondary_captures = build_secondary_captures(
             sources,
             rendering,
@@ -419,7 +437,7 @@ class SeriesProcessor:
         encode_seconds = time.perf_counter() - started
         LOGGER.info(
             "series %s: %d images -> %s (p=%.3f), %d lesion(s); SEG %s, SR %s, "
-            "%d SC image(s)%s",
+            "%s%d SC image(s)%s",
             series_uid,
             len(sources),
             result.predicted_class,
@@ -427,6 +445,7 @@ class SeriesProcessor:
             len(result.analysis.lesions),
             objects.seg.SOPInstanceUID,
             objects.sr.SOPInstanceUID,
+            "" if outline_report is None else f"outline SR {outline_report.SOPInstanceUID}, ",
             len(secondary_captures),
             ", GSPS" if presentation_state is not None else "",
         )
@@ -444,4 +463,5 @@ class SeriesProcessor:
             },
             secondary_captures=tuple(secondary_captures),
             presentation_state=presentation_state,
+            outline_report=outline_report,
         )

@@ -102,7 +102,7 @@ def parse_destination(text: str, *, name: str | None = None) -> Destination:
     Examples
     --------
     >>> parse_destination("PACS@10.0.0.5:104")
-    Destination(name='PACS', ae_title='PACS', host='10.0.0.5', port=104, objects=('seg', 'sr', 'sc'), tls=False)
+    Destination(name='PACS', ae_title='PACS', host='10.0.0.5', port=104, objects=('seg', 'sr', 'outline', 'sc'), tls=False)
     """
     if not isinstance(text, str):
         raise TypeError(f'Argument "text" should be a str, got {type(text).__name__}')

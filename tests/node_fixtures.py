@@ -21,7 +21,7 @@ import io
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,6 +46,7 @@ from tests.onnx_fixtures import band_model_dir
 from tests.peers import PEER_ENV, free_port, require_binary
 
 __all__ = [
+    "assert_result_kinds",
     "Clock",
     "ct_series",
     "PHANTOM_SLICE_THICKNESS",
@@ -307,3 +308,21 @@ def storescp_on(folder: Path, port: int, ae_title: str = "STORESCP") -> Iterator
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+def assert_result_kinds(kinds: Sequence[str], summary: Mapping[str, Any] | None) -> None:
+    """The recorded result kinds of a processed job, in order.
+
+    SEG, SR, then the outline report exactly when a lesion reaches
+    :data:`pacs_node.results.sr_planar.MIN_PLANAR_VOLUME_ML` (from the job's
+    recorded summary), then one or more Secondary Capture images.
+    """
+    from pacs_node.results.sr_planar import MIN_PLANAR_VOLUME_ML
+
+    assert summary is not None, "the job has no recorded result summary"
+    significant = any(
+        lesion["volume_ml"] >= MIN_PLANAR_VOLUME_ML for lesion in summary["lesions"]
+    )
+    head = ["seg", "sr", "outline"] if significant else ["seg", "sr"]
+    kinds = list(kinds)
+    assert kinds[: len(head)] == head and set(kinds[len(head):]) == {"sc"}, (kinds, significant)

@@ -17,6 +17,7 @@ from config import Destination
 from pacs_node import scu
 from pacs_node.cli import main
 from pacs_node.node import Node
+from pacs_node.results.sr_planar import MIN_PLANAR_VOLUME_ML
 from tests.node_fixtures import chest_datasets, node_settings, tiny_model, write_datasets
 from tests.peers import free_port, run_dcmtk
 
@@ -54,8 +55,11 @@ def test_process_writes_seg_sr_sc_gsps_and_result_json(tmp_path: Path, model_dir
     result = json.loads((folder / "result.json").read_text())
     sc_files = [f"sc-{n}.dcm" for n in range(1, len(result["objects"]["sc"]) + 1)]
     assert sc_files, "the summary page is always written"
+    outline = ["outline.dcm"] if "outline" in result["objects"] else []
+    significant = any(item["volume_ml"] >= MIN_PLANAR_VOLUME_ML for item in result["lesions"])
+    assert bool(outline) == significant
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["gsps.dcm", "result.json", "seg.dcm", "sr.dcm", *sc_files]
+        ["gsps.dcm", "result.json", "seg.dcm", "sr.dcm", *outline, *sc_files]
     )
     pages = [pydicom.dcmread(folder / name) for name in sc_files]
     assert [str(p.SOPInstanceUID) for p in pages] == [
@@ -72,8 +76,13 @@ def test_process_writes_seg_sr_sc_gsps_and_result_json(tmp_path: Path, model_dir
     assert result["objects"]["seg"]["sop_instance_uid"] == seg.SOPInstanceUID
     assert result["objects"]["sr"]["sop_instance_uid"] == sr.SOPInstanceUID
     assert result["files"] == {
-        "seg": "seg.dcm", "sr": "sr.dcm", "sc": sc_files, "gsps": "gsps.dcm"
+        "seg": "seg.dcm", "sr": "sr.dcm", "sc": sc_files, "gsps": "gsps.dcm",
+        **({"outline": "outline.dcm"} if outline else {}),
     }
+    if outline:
+        report = pydicom.dcmread(folder / "outline.dcm")
+        assert report.SeriesNumber == 9005
+        assert result["objects"]["outline"]["sop_instance_uid"] == report.SOPInstanceUID
     assert sum(result["class_probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert result["image_count"] == 24
     assert "Research use only" in result["intended_use"]

@@ -325,7 +325,7 @@ class TestValidation:
         )
         error = _error(config_file=config_file)
         assert error.keys == ("destinations",)
-        assert "seg, sr, sc, gsps" in str(error)
+        assert "seg, sr, outline, sc, gsps" in str(error)
 
     def test_destination_objects_default_and_choice(self, tmp_path: Path) -> None:
         config_file = _write(
@@ -335,7 +335,7 @@ class TestValidation:
             'objects = ["SEG", "gsps"]\n',
         )
         first, second = load_settings(config_file, environ={}).destinations
-        assert first.objects == DEFAULT_OBJECTS == ("seg", "sr", "sc")
+        assert first.objects == DEFAULT_OBJECTS == ("seg", "sr", "outline", "sc")
         assert second.objects == ("seg", "gsps")
 
 

@@ -29,11 +29,13 @@ from storage import (
     jobs_for_series,
     make_session_factory,
     result_objects_for_job,
+    result_summary,
     transition_job,
     upgrade_database,
 )
 from storage.jobs import RECOVERED_REASON
 from tests.node_fixtures import (
+    assert_result_kinds,
     chest_datasets,
     node_settings,
     received_instance,
@@ -202,12 +204,13 @@ def test_job_left_running_is_requeued_and_processed_once(tmp_path: Path, model_d
             done = get_job(session, job.id)
             events = job_events(session, job.id)
             objects = result_objects_for_job(session, job.id)
+            summary = result_summary(session, job.id)
     assert done.state is JobState.EXPORTED and done.run_count == 2
     states = [(e.from_state, e.to_state, e.reason) for e in events]
     assert (JobState.RUNNING, JobState.QUEUED, RECOVERED_REASON) in states
     assert [s[1] for s in states].count(JobState.WRITTEN) == 1
     kinds = [o.kind for o in objects]
-    assert kinds[:2] == ["seg", "sr"] and set(kinds[2:]) == {"sc"}, kinds
+    assert_result_kinds(kinds, summary)
     assert len(list(settings.results_dir.rglob("*.dcm"))) == len(objects)
 
 

@@ -31,10 +31,7 @@ from PIL import Image
 
 from config import Destination
 from inference.phantom import generate_phantom, sample_spec, write_dicom_series
-from config.settings import DEFAULT_UID_ROOT, bundled_model_dir
-from inference.pipeline import InferencePipeline
-from inference.volume import build_volume, read_series
-from pacs_node.results import build_outline_report, read_report_measurements
+from pacs_node.results import read_report_measurements
 from storage import JobState
 from tests.e2e_fixtures import REPO_ROOT, NodeProcess
 from tests.peers import Orthanc, dciodvfy_errors, free_port, require_binary, run_dcmtk
@@ -52,6 +49,7 @@ BROWSER_TIMEOUT = 180.0
 #: Series descriptions the node writes (pacs_node.results): the viewer lists them.
 SEG_LABEL = "AI lesions"
 SR_LABEL = "AI report"
+OUTLINE_LABEL = "AI lesion measurements"
 
 
 @dataclass(frozen=True)
@@ -63,6 +61,8 @@ class ProcessedStudy:
     ct_files: list[Path]
     seg: pydicom.Dataset
     sr: pydicom.Dataset
+    outline: pydicom.Dataset
+    secondary_captures: int
     seconds_to_results: float
 
 
@@ -113,9 +113,9 @@ def viewer(orthanc: Orthanc) -> Iterator[ViewerServer]:
     server.stop()
 
 
-def _result_series(orthanc: Orthanc, study_uid: str) -> dict[str, list[dict[str, Any]]]:
-    series = orthanc.series_modalities(study_uid)
-    return series if series.get("SEG") and series.get("SR") else {}
+def _exported(node: NodeProcess, series_uid: str) -> bool:
+    jobs = node.jobs(series_uid)
+    return bool(jobs) and jobs[-1].state is JobState.EXPORTED
 
 
 def _instance(orthanc: Orthanc, series: dict[str, Any]) -> pydicom.Dataset:
@@ -127,7 +127,8 @@ def _instance(orthanc: Orthanc, series: dict[str, Any]) -> pydicom.Dataset:
 def processed_study(workdir: Path, orthanc: Orthanc, node: NodeProcess) -> ProcessedStudy:
     """A small COVID-19 phantom (256 x 256, 8 mm slices, with lesions) sent by DCMTK
     ``storescu`` to the node, and by ``storescu`` to Orthanc (the modality's copy
-    for the PACS); waits until the node's SEG and SR are in Orthanc."""
+    for the PACS); waits until the node exported its results (SEG, SR, outline
+    report, SC images) to Orthanc."""
     spec = sample_spec(20261126, "covid19").with_grid(matrix=256, slice_thickness=8.0)
     phantom = generate_phantom(spec)
     assert phantom.lesion_mask.any(), "the phantom should have lesions"
@@ -138,18 +139,25 @@ def processed_study(workdir: Path, orthanc: Orthanc, node: NodeProcess) -> Proce
         proc = run_dcmtk(["storescu", "-aet", "STORESCU", "-aec", ae_title,
                           "127.0.0.1", str(port), *map(str, files)])
         assert proc.returncode == 0, f"storescu to {ae_title}: {proc.stdout}{proc.stderr}"
-    series = orthanc.wait_for(
-        lambda: _result_series(orthanc, header.StudyInstanceUID), RESULT_TIMEOUT,
-        what=f"SEG and SR of study {header.StudyInstanceUID} in Orthanc",
+    orthanc.wait_for(
+        lambda: _exported(node, header.SeriesInstanceUID), RESULT_TIMEOUT,
+        what=f"the node's results of series {header.SeriesInstanceUID} exported to Orthanc",
     )
     elapsed = time.monotonic() - started
-    assert len(series["SEG"]) == 1 and len(series["SR"]) == 1 and len(series["CT"]) == 1
+    series = orthanc.series_modalities(header.StudyInstanceUID)
+    assert len(series["SEG"]) == 1 and len(series["CT"]) == 1
+    # The full report (9002) and the outline report (9005: the phantom has lesions).
+    reports = {int(item["MainDicomTags"]["SeriesNumber"]): item for item in series["SR"]}
+    assert sorted(reports) == [9002, 9005], sorted(reports)
+    assert len(series["OT"]) == 1  # the "AI summary" Secondary Capture series
     return ProcessedStudy(
         study_instance_uid=header.StudyInstanceUID,
         ct_series_instance_uid=header.SeriesInstanceUID,
         ct_files=files,
         seg=_instance(orthanc, series["SEG"][0]),
-        sr=_instance(orthanc, series["SR"][0]),
+        sr=_instance(orthanc, reports[9002]),
+        outline=_instance(orthanc, reports[9005]),
+        secondary_captures=len(orthanc.instances_of_series(series["OT"][0]["ID"])),
         seconds_to_results=elapsed,
     )
 
@@ -298,14 +306,15 @@ def test_node_results_are_served_by_orthanc_dicomweb_through_the_viewer_origin(
     (job,) = node.jobs(processed_study.ct_series_instance_uid)
     assert job.state is JobState.EXPORTED
     study = processed_study.study_instance_uid
-    for name, ds in (("seg.dcm", processed_study.seg), ("sr.dcm", processed_study.sr)):
+    for name, ds in (("seg.dcm", processed_study.seg), ("sr.dcm", processed_study.sr),
+                     ("outline.dcm", processed_study.outline)):
         ds.save_as(tmp_path / name)
         assert dciodvfy_errors(tmp_path / name) == [], f"dciodvfy errors in {name}"
     with urllib.request.urlopen(f"{viewer.url}/dicom-web/studies/{study}/series", timeout=30) as rsp:
         assert rsp.headers["Content-Type"].startswith("application/dicom+json")
         series = json.loads(rsp.read())
     modalities = sorted(item["00080060"]["Value"][0] for item in series)
-    assert modalities == ["CT", "SEG", "SR"]
+    assert modalities == ["CT", "OT", "SEG", "SR", "SR"]
     seg_series = processed_study.seg.SeriesInstanceUID
     with urllib.request.urlopen(
         f"{viewer.url}/dicom-web/studies/{study}/series/{seg_series}/metadata", timeout=30
@@ -334,7 +343,9 @@ def test_ohif_draws_the_seg_overlay_on_the_lesion_slices(
     seg = processed_study.seg
     assert observed["blocked_requests"] == [], "OHIF tried to reach other hosts"
     assert observed["page_errors"] == []
-    assert "CT\\SEG\\SR" in observed["study_list"]
+    # The study's modalities: the CT and the node's SEG, SRs and SC ("OT").
+    assert any(set(token.split("\\")) == {"CT", "OT", "SEG", "SR"}
+               for token in observed["study_list"].split()), observed["study_list"]
     assert "AI lesions (research)" in observed["series_browser"]
     assert "AI report (research)" in observed["series_browser"]
     assert "Do you want to open this Segmentation?" in observed["seg_prompt"]
@@ -392,26 +403,17 @@ def test_stock_ohif_draws_the_outline_report(
     processed_study: ProcessedStudy, orthanc: Orthanc, stock_viewer: ViewerServer,
     tmp_path: Path,
 ) -> None:
-    """The planar-only outline report (``build_outline_report``, series 9005) is drawn
-    by OHIF 3.13 as shipped, without the app-config hook: built here from the same
-    CT with the bundled model (as the node does), stored in Orthanc beside the
-    node's results, opened in the SR viewport."""
-    pipeline = InferencePipeline.from_model_dir(bundled_model_dir())
-    volume = build_volume(read_series(processed_study.ct_files))
-    result = pipeline.run_volume(volume)
-    outline = build_outline_report(
-        volume.datasets, processed_study.seg, result, pipeline.manifest,
-        uid_root=DEFAULT_UID_ROOT,
-    )
-    assert outline is not None, "the COVID-19 phantom should have a significant lesion"
-    outline.save_as(tmp_path / "outline.dcm")
-    assert dciodvfy_errors(tmp_path / "outline.dcm") == []
+    """The planar-only outline report the node sends by default (kind "outline",
+    series 9005) is drawn by OHIF 3.13 as shipped, without the app-config hook:
+    opened in the SR viewport, every outline on its slice with its area and long
+    axis."""
+    outline = processed_study.outline
     planar = read_report_measurements(outline)["planar"]
-    # The same lesions as the node's full report (same model, same CT, same SEG).
+    assert planar, "the COVID-19 phantom should have a significant lesion"
+    # The same lesions as the node's full report (same tracking UIDs and areas).
     full = read_report_measurements(processed_study.sr)["planar"]
     assert [(p["tracking_uid"], p["area_mm2"]) for p in planar] == [
         (p["tracking_uid"], p["area_mm2"]) for p in full]
-    orthanc.upload([tmp_path / "outline.dcm"])
     assert b"onBeforeSRAddMeasurement" not in stock_viewer.app_config
     observed = run_ohif(
         stock_viewer, processed_study.study_instance_uid, "sr", tmp_path / "outline",

@@ -140,4 +140,4 @@ def test_tid1500reader_reads_the_outline_report(case):
         (p["tracking_id"], p["tracking_uid"]) for p in ours]
     assert [_value(g, "42798000") for g in groups] == pytest.approx(
         [p["area_mm2"] for p in ours])
-    assert document["SeriesDescription"] == "AI lesion outlines (research)"
+    assert document["SeriesDescription"] == "AI lesion measurements (research)"

@@ -307,7 +307,7 @@ def test_outline_report_holds_only_the_same_planar_groups(phantom, tmp_path):
     outline.save_as(tmp_path / "outline.dcm")
     assert dciodvfy_errors(tmp_path / "outline.dcm") == []
     assert outline.SeriesNumber == 9005
-    assert outline.SeriesDescription == "AI lesion outlines (research)"
+    assert outline.SeriesDescription == "AI lesion measurements (research)"
     assert outline.SeriesInstanceUID != full.SeriesInstanceUID
     container = next(item for item in outline.ContentSequence
                      if item.ConceptNameCodeSequence[0].CodeValue == "126010")

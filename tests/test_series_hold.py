@@ -32,9 +32,11 @@ from storage import (
     job_events,
     jobs_for_series,
     result_objects_for_job,
+    result_summary,
 )
 from tests.node_fixtures import (
     Clock,
+    assert_result_kinds,
     chest_datasets,
     ct_series,
     migrated_database,
@@ -377,9 +379,10 @@ def test_scu_stalling_mid_series_with_the_association_open_gives_one_job(
         with node.session_factory() as session:
             reasons = [(e.to_state, e.reason) for e in job_events(session, jobs[0].id)]
             objects = result_objects_for_job(session, jobs[0].id)
+            summary = result_summary(session, jobs[0].id)
     assert (JobState.COMPLETE, f"quiet for {QUIET:g} s, 24 instance(s)") in reasons
     kinds = [o.kind for o in objects]
-    assert kinds[:2] == ["seg", "sr"] and set(kinds[2:]) == {"sc"}, kinds
+    assert_result_kinds(kinds, summary)
     seg = pydicom.dcmread(settings.results_dir / objects[0].file_path)
     referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
     assert {str(item.ReferencedSOPInstanceUID) for item in referenced} == {

@@ -38,6 +38,7 @@ from storage import (
 from storage.exports import NO_DESTINATIONS_REASON
 from tests.dicom_fixtures import dcmtk_storescp, make_basic_text_sr, write_dataset
 from tests.node_fixtures import (
+    assert_result_kinds,
     chest_datasets,
     migrated_database,
     node_settings,
@@ -140,11 +141,14 @@ def test_series_sent_by_cstore_reaches_the_destination_as_seg_and_sr(
     assert events[2].reason == "CT axial 24 slices 8.0 mm"
     received = sorted(pacs_dir.iterdir())
     assert len(received) == len(objects) >= 3  # SEG, SR, at least the SC summary page
+    assert summary is not None
+    assert_result_kinds([o.kind for o in objects], summary)
     delivered = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, received)}
     assert set(delivered) == {obj.sop_instance_uid for obj in objects}
     by_modality = {str(ds.Modality): ds for ds in delivered.values()}
     assert set(by_modality) == {"SEG", "SR", "OT"}
-    seg, sr = by_modality["SEG"], by_modality["SR"]
+    seg = by_modality["SEG"]
+    (sr,) = (ds for ds in delivered.values() if ds.SeriesNumber == 9002)
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
     assert seg.SeriesNumber == 9001 and sr.SeriesNumber == 9002
     assert str(seg.SOPInstanceUID).startswith(DEFAULT_UID_ROOT)
@@ -191,8 +195,8 @@ def test_each_destination_gets_the_objects_it_asks_for(tmp_path: Path, model_dir
                 summary = result_summary(session, job.id)
     assert job.state is JobState.EXPORTED
     kinds = [o.kind for o in objects]
-    assert kinds[:2] == ["seg", "sr"] and kinds[-1] == "gsps"
-    assert set(kinds[2:-1]) == {"sc"}
+    assert kinds[-1] == "gsps"
+    assert_result_kinds(kinds[:-1], summary)
     uids = {kind: [o.sop_instance_uid for o in objects if o.kind == kind] for kind in kinds}
     received = {
         name: sorted((str(ds.Modality), str(ds.SOPInstanceUID))
@@ -201,7 +205,10 @@ def test_each_destination_gets_the_objects_it_asks_for(tmp_path: Path, model_dir
         for name, folder in folders.items()
     }
     seg, sr, gsps = ("SEG", uids["seg"][0]), ("SR", uids["sr"][0]), ("PR", uids["gsps"][0])
-    assert received["default"] == sorted([seg, sr, *(("OT", uid) for uid in uids["sc"])])
+    outline = [("SR", uid) for uid in uids.get("outline", [])]
+    assert received["default"] == sorted(
+        [seg, sr, *outline, *(("OT", uid) for uid in uids["sc"])]
+    )
     assert received["plain"] == sorted([seg, sr])
     assert received["weasis"] == sorted([sr, gsps])
     assert summary is not None
@@ -265,8 +272,9 @@ def test_worker_writes_records_and_finishes_without_destinations(
     with db_factory() as session:
         objects = result_objects_for_job(session, job.id)
         events = job_events(session, job.id)
+        summary = result_summary(session, job.id)
     kinds = [o.kind for o in objects]
-    assert kinds[:2] == ["seg", "sr"] and set(kinds[2:]) == {"sc"}, kinds
+    assert_result_kinds(kinds, summary)
     for obj in objects:
         path = stores[1].root / obj.file_path
         header = pydicom.dcmread(path, stop_before_pixels=True)

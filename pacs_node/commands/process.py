@@ -3,7 +3,8 @@
 No network, no node database: the files are grouped by series, each series
 goes through the same selection rules and the same
 :class:`~pacs_node.processing.SeriesProcessor` as in the node, and each
-processed series gets ``OUT/<SeriesInstanceUID>/seg.dcm``, ``sr.dcm``, the
+processed series gets ``OUT/<SeriesInstanceUID>/seg.dcm``, ``sr.dcm``,
+``outline.dcm`` (the planar-only report, when a lesion is significant), the
 "AI summary" Secondary Capture images ``sc-1.dcm`` ... ``sc-<n>.dcm`` (key
 images, then the summary page), ``gsps.dcm`` with ``--gsps``, and
 ``result.json``.
@@ -38,7 +39,8 @@ Every file under DIR (recursively; hidden files and DICOMDIR skipped) is read;
 files are grouped by Series Instance UID. Each series that passes the
 selection rules (settings [selection]) is turned into a volume, run through
 the model and encoded; the command writes OUT/<series-uid>/seg.dcm (DICOM-SEG),
-sr.dcm (TID 1500 SR), sc-1.dcm ... sc-N.dcm (the "AI summary" Secondary
+sr.dcm (TID 1500 SR), outline.dcm (TID 1500 SR with only the lesion
+outlines, which OHIF draws; when a lesion is >= 0.5 mL), sc-1.dcm ... sc-N.dcm (the "AI summary" Secondary
 Capture series: key images with the lesion outline, then the summary page),
 gsps.dcm with --gsps (presentation state with the lesion outlines) and
 result.json (class probabilities, lesion measurements, object UIDs). Other

@@ -68,7 +68,7 @@ procedure_reported, max_planar_groups, min_planar_volume_ml:
     Returns
     -------
     highdicom.sr.Comprehensive3DSR | None
-        Series Description ``"AI lesion outlines (research)"``; ``None`` when
+        Series Description ``"AI lesion measurements (research)"``; ``None`` when
         no lesion is significant (nothing to outline).
 
     Raises

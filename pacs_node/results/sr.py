@@ -111,7 +111,7 @@ MAX_LESION_GROUPS = 50
 #: (:func:`pacs_node.results.outline_sr.build_outline_report`): base + 5.
 OUTLINE_SR_SERIES_NUMBER = 9005
 #: Series Description of the outline report.
-OUTLINE_SR_SERIES_DESCRIPTION = "AI lesion outlines (research)"
+OUTLINE_SR_SERIES_DESCRIPTION = "AI lesion measurements (research)"
 #: Tracking Identifier of the classification group.
 CLASSIFICATION_TRACKING_ID = "AI classification"
 #: Tracking Identifier of the lesion-burden group.
