@@ -35,6 +35,8 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from config import Destination
 from inference.phantom import CLASS_KEYS, generate_phantom, sample_spec, write_dicom_series
+from pacs_node.results.common import SR_SERIES_NUMBER
+from pacs_node.results.sr import OUTLINE_SR_SERIES_NUMBER
 from storage import JobState, create_database_engine, make_session_factory, series_instances
 from tests.e2e_fixtures import NodeProcess
 from tests.echo_probe import PROBE_AE
@@ -132,7 +134,10 @@ class StudyFiles:
     #: Seconds from each C-STORE request to its response (or failure).
     store_seconds: list[float] = field(default_factory=list)
     seg_count: int = 0
+    #: Instances of the full report (Series Number 9002) in Orthanc.
     sr_count: int = 0
+    #: Instances of the outline report (9005; none when no lesion reaches 0.5 mL).
+    outline_count: int = 0
     instances_lost: int = 0
     job_state: str = "none"
 
@@ -185,8 +190,11 @@ class LoadReport:
 
     @property
     def duplicate_results(self) -> int:
-        """Result objects beyond one SEG and one SR per study."""
-        return sum(max(0, s.seg_count - 1) + max(0, s.sr_count - 1) for s in self.studies)
+        """Result objects beyond one SEG, one SR and one outline report per study."""
+        return sum(
+            max(0, s.seg_count - 1) + max(0, s.sr_count - 1) + max(0, s.outline_count - 1)
+            for s in self.studies
+        )
 
     @property
     def store_seconds(self) -> list[float]:
@@ -385,13 +393,27 @@ def send_studies(
 
 # -- checking -------------------------------------------------------------
 def count_results(orthanc: Orthanc, study: StudyFiles) -> None:
-    """Set ``seg_count`` / ``sr_count`` of `study` from Orthanc (instances)."""
+    """Set ``seg_count`` / ``sr_count`` / ``outline_count`` of `study` from Orthanc
+    (instances; the two SR series told apart by their Series Number)."""
     modalities = orthanc.series_modalities(study.study_instance_uid)
     study.seg_count = sum(
         len(orthanc.instances_of_series(s["ID"])) for s in modalities.get("SEG", [])
     )
-    study.sr_count = sum(
-        len(orthanc.instances_of_series(s["ID"])) for s in modalities.get("SR", [])
+    reports = modalities.get("SR", [])
+
+    def count(number: int) -> int:
+        return sum(
+            len(orthanc.instances_of_series(s["ID"])) for s in reports
+            if int(s["MainDicomTags"].get("SeriesNumber", 0)) == number
+        )
+
+    study.sr_count = count(SR_SERIES_NUMBER)
+    study.outline_count = count(OUTLINE_SR_SERIES_NUMBER)
+    # Any other SR series counts as a duplicate of the full report.
+    study.sr_count += sum(
+        int(s["MainDicomTags"].get("SeriesNumber", 0))
+        not in (SR_SERIES_NUMBER, OUTLINE_SR_SERIES_NUMBER)
+        for s in reports
     )
 
 

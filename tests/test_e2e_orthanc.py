@@ -91,6 +91,12 @@ def result_series(orthanc: Orthanc, study_uid: str) -> dict[str, list[dict]]:
     return {}
 
 
+def reports_by_number(series: dict[str, list[dict]]) -> dict[int, dict]:
+    """The SR series of a study by Series Number: 9002 the full report, 9005 the
+    outline report (only when a lesion reaches 0.5 mL)."""
+    return {int(item["MainDicomTags"]["SeriesNumber"]): item for item in series["SR"]}
+
+
 def instance_dataset(orthanc: Orthanc, series: dict) -> pydicom.Dataset:
     """The one instance of a result series, parsed."""
     (instance,) = orthanc.instances_of_series(series["ID"])
@@ -108,10 +114,15 @@ def check_results(
         lambda: result_series(orthanc, study_uid), RESULT_TIMEOUT,
         what="SEG, SR and SC in Orthanc",
     )
-    assert len(series["SEG"]) == 1 and len(series["SR"]) == 1
+    reports = reports_by_number(series)
+    assert len(series["SEG"]) == 1 and set(reports) in ({9002}, {9002, 9005}), set(reports)
     seg = instance_dataset(orthanc, series["SEG"][0])
-    sr = instance_dataset(orthanc, series["SR"][0])
-    for name, ds in (("seg.dcm", seg), ("sr.dcm", sr)):
+    sr = instance_dataset(orthanc, reports[9002])
+    outline = instance_dataset(orthanc, reports[9005]) if 9005 in reports else None
+    checked = [("seg.dcm", seg), ("sr.dcm", sr)]
+    if outline is not None:
+        checked.append(("outline.dcm", outline))
+    for name, ds in checked:
         path = tmp_path / name
         ds.save_as(path)
         assert dciodvfy_errors(path) == [], f"dciodvfy errors in {name}"
@@ -129,6 +140,14 @@ def check_results(
     }
     assert referenced == {volume.series_instance_uid}
     report = read_report_measurements(sr)
+    # The outline report exactly when the full report has planar groups, with the same ones.
+    assert (outline is not None) is bool(report["planar"])
+    if outline is not None:
+        def planar(groups: list[dict]) -> list[tuple]:
+            return [(g["tracking_uid"], g["referenced_sop_instance_uid"], g["area_mm2"],
+                     g["long_axis_mm"], np.asarray(g["points"]).tolist()) for g in groups]
+
+        assert planar(read_report_measurements(outline)["planar"]) == planar(report["planar"])
     voxel_ml = volume.geometry.voxel_volume_ml
     assert report["total_lesion_volume_ml"] == pytest.approx(lesion.sum() * voxel_ml, rel=1e-3, abs=1e-3)
     assert report["lesions_present"] is bool(lesion.any())
@@ -342,6 +361,6 @@ def test_destination_down_then_back_gets_the_result_once(
         time.sleep(0.5)
     time.sleep(3.0)  # nothing more arrives later
     series = orthanc.series_modalities(study_uid)
-    assert len(series["SEG"]) == 1 and len(series["SR"]) == 1
-    for kind in ("SEG", "SR"):
-        assert len(orthanc.instances_of_series(series[kind][0]["ID"])) == 1
+    assert len(series["SEG"]) == 1 and len(reports_by_number(series)) == len(series["SR"])
+    for item in [*series["SEG"], *series["SR"]]:
+        assert len(orthanc.instances_of_series(item["ID"])) == 1

@@ -721,6 +721,9 @@ def test_fuzzed_pdu_batches_never_hang_leak_or_crash_the_scp(scp: FuzzedSCP) -> 
     print(f"PDU fuzz: connections by the SCP's answer {dict(sorted(seen.items()))}; "
           f"pynetdicom DUL threads that died (tolerated): "
           f"{sorted({(d.exception, d.where) for d in scp.pynetdicom_deaths})}")
-    # The grammar reached the SCP's answers of all kinds: accepted, rejected, aborted.
+    # The grammar reached the SCP's answers: accepted, and rejected or aborted. Which
+    # of the last two a cut request gets depends on timing (a loaded machine lets
+    # the ACSE timer abort what would have been rejected: seen once in a full-suite
+    # run), so either counts, as in the named cases (REJECT_OR_ABORT).
     answers = "".join(seen)
-    assert "0x02" in answers and "0x03" in answers and "0x07" in answers, seen
+    assert "0x02" in answers and ("0x03" in answers or "0x07" in answers), seen
