@@ -94,11 +94,14 @@ class Selection:
     image_count: int
         Images the model would use (after the SOP class and Image Type
         exclusions).
+    own_output: bool
+        The series is one the node wrote (never processed, never triaged).
     """
 
     candidate: bool
     reason: str
     image_count: int = 0
+    own_output: bool = False
 
     @property
     def state(self) -> JobState:
@@ -299,11 +302,11 @@ def select_series(
     if not headers:
         return Selection(False, "no images")
     if own_output:
-        return Selection(False, "own output: a result series this node wrote")
+        return Selection(False, "own output: a result series this node wrote", own_output=True)
     for ds in headers:
         why = is_own_output_header(ds, uid_root)
         if why is not None:
-            return Selection(False, f"own output: {why}")
+            return Selection(False, f"own output: {why}", own_output=True)
 
     accepted_modalities = {m.upper() for m in rules.modalities}
     modalities = Counter(_text(ds, "Modality").upper() or "<none>" for ds in headers)

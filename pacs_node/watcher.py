@@ -80,9 +80,6 @@ LOGGER = logging.getLogger(__name__)
 
 __all__ = ["SeriesWatcher"]
 
-#: Reasons of rejected own output start with this; such jobs get no triage.
-OWN_OUTPUT_PREFIX = "own output"
-
 
 class SeriesWatcher(PollingLoop):
     """Completes quiet series and applies the selection rules (a polling thread).
@@ -286,7 +283,7 @@ class SeriesWatcher(PollingLoop):
                 if (
                     self.triage is not None
                     and decided.state is JobState.REJECTED
-                    and not selection.reason.startswith(OWN_OUTPUT_PREFIX)
+                    and not selection.own_output
                 ):
                     self.triage.record_not_analysed(
                         session, job_id, selection.reason, now, notify=False

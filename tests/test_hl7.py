@@ -21,7 +21,7 @@ from typing import Any
 import hl7
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage
+from pydicom.uid import CTImageStorage, generate_uid
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import (
@@ -272,6 +272,28 @@ def test_watcher_rejection_is_triaged_without_an_hl7_message(
         assert hl7_messages_for_job(session, job.id) == []
     assert triage is not None and triage.flag == f"not analysed: {decided.reason}"
     assert triage.priority == "routine"
+
+
+def test_the_nodes_own_output_gets_no_triage(
+    db_factory: sessionmaker[Session], stores: tuple[InstanceStore, ResultStore],
+) -> None:
+    """A series under the node's UID root (its own result coming back) is rejected
+    as own output without a triage record: it is not a study to put on a worklist."""
+    datasets = chest_datasets()
+    for ds in datasets:
+        ds.SOPInstanceUID = generate_uid(prefix=DEFAULT_UID_ROOT)
+    job = receive(db_factory, stores[0], datasets)
+    with db_factory.begin() as session:
+        transition_job(session, job.id, JobState.COMPLETE, "quiet", now=job.created_at)
+    recorder = TriageRecorder(TriageRules(), [destination(free_port())])
+    watcher = SeriesWatcher(db_factory, stores[0], quiet_time=1.0, rules=SelectionRules(),
+                            uid_root=DEFAULT_UID_ROOT, triage=recorder)
+    decided = watcher.evaluate(job.id)
+    assert decided is not None and decided.state is JobState.REJECTED
+    assert (decided.reason or "").startswith("own output")
+    with db_factory() as session:
+        assert get_triage(session, job.id) is None
+        assert hl7_messages_for_job(session, job.id) == []
 
 
 # -- ACK handling and retries --------------------------------------------------------------

@@ -160,6 +160,7 @@ def test_own_output_by_uid_root() -> None:
     selection = select_series(headers, RULES, uid_root=DEFAULT_UID_ROOT)
     assert not selection.candidate
     assert selection.reason == "own output: UIDs under the node's UID root"
+    assert selection.own_output
 
 
 def test_own_output_by_manufacturer_and_model() -> None:
@@ -168,6 +169,7 @@ def test_own_output_by_manufacturer_and_model() -> None:
     selection = select_series(headers, RULES)
     assert not selection.candidate
     assert selection.reason == "own output: Manufacturer and model deepsc-node"
+    assert selection.own_output
     # The project's synthetic phantoms and a scanner named like us are not the node.
     for manufacturer, model in (("deepsc-node", "deepsc-node synthetic phantom"),
                                 ("deepsc-node tests", "deepsc-node")):
@@ -180,6 +182,8 @@ def test_own_output_known_to_the_database_comes_first() -> None:
     selection = select_series(ct_series(3), RULES, own_output=True)
     assert not selection.candidate
     assert selection.reason == "own output: a result series this node wrote"
+    assert selection.own_output
+    assert not select_series(ct_series(3), RULES).own_output  # rejected, but not ours
 
 
 def test_rules_must_be_selection_rules() -> None:
