@@ -53,7 +53,7 @@ class NodeProcess:
         workdir: Path,
         destinations: Sequence[Destination] = (),
         settings: dict[str, Any] | None = None,
-        tables: dict[str, dict[str, Any]] | None = None,
+        tables: dict[str, dict[str, Any] | None] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -74,12 +74,14 @@ class NodeProcess:
         }
         lines = [f"{key} = {toml_value(value)}" for key, value in top.items()]
         self.http_port = free_port()  # the HTTP API: not the default 8080 (parallel tests)
-        merged_tables: dict[str, dict[str, Any]] = {
+        merged_tables: dict[str, dict[str, Any] | None] = {
             "export_retry": {"initial_backoff": 1.0, "max_backoff": 4.0},
             "http": {"port": self.http_port},
         }
-        merged_tables.update(tables or {})
+        merged_tables.update(tables or {})  # a table given as None is left out
         for name, table in merged_tables.items():
+            if table is None:
+                continue
             lines.append(f"\n[{name}]")
             lines.extend(f"{key} = {toml_value(value)}" for key, value in table.items())
         for destination in destinations:
