@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pacs_node.handlers import association_counts, rejection_reason
 from pacs_node.receiver import utc_now
-from pacs_node.tls import handshake_failure, peer_certificate_subject
+from pacs_node.tls import association_socket, handshake_failure, peer_certificate_subject
 from storage import AssociationOutcome, finish_association, record_association
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,10 +81,6 @@ def _titles(assoc: Association) -> tuple[str | None, str | None]:
         None if calling is None else str(calling).strip(),
         None if called is None else str(called).strip(),
     )
-
-
-def _socket(assoc: Association) -> object:
-    return getattr(getattr(assoc.dul, "socket", None), "socket", None)
 
 
 class AssociationAudit:
@@ -186,31 +182,16 @@ class AssociationAudit:
                 calling_ae_title=calling,
                 called_ae_title=called,
                 tls=connection.tls,
-                tls_peer=peer_certificate_subject(_socket(assoc)),
+                tls_peer=peer_certificate_subject(association_socket(assoc)),
                 **ended,
             )
         )
 
     def on_rejected(self, event: Event) -> None:
-        """``EVT_REJECTED``: insert an ended ``rejected`` row with the reason."""
-        connection = self._connection(event.assoc)
-        with connection.lock:
-            connection.ended = True
-            if connection.row_id is None:
-                connection.row_id = self._insert_row(
-                    event.assoc, connection, AssociationOutcome.REJECTED,
-                    ended_at=self.clock(), reason=rejection_reason(event.assoc),
-                )
-                return
-            # The connection-closed event (DUL thread) came first and wrote
-            # the row as aborted: the rejection is what happened.
-            row_id, now, reason = connection.row_id, self.clock(), rejection_reason(event.assoc)
-            self._write(
-                lambda session: finish_association(
-                    session, row_id, ended_at=now, outcome=AssociationOutcome.REJECTED,
-                    counts=(0, 0, 0), reason=reason,
-                ).id
-            )
+        """``EVT_REJECTED``: end the row as ``rejected`` with the reason (a row the
+        connection-closed event of the DUL thread already wrote as aborted is
+        corrected: the rejection is what happened)."""
+        self._end(event.assoc, AssociationOutcome.REJECTED, rejection_reason(event.assoc))
 
     def on_ended(self, event: Event) -> None:
         """``EVT_RELEASED`` / ``EVT_ABORTED``: end the row with the C-STORE counts."""

@@ -55,7 +55,7 @@ from pacs_node.receive import (
 )
 from pacs_node.request_checks import request_problem
 from pacs_node.status import MAX_ERROR_COMMENT_LENGTH, StoreStatus, VerificationStatus, category
-from pacs_node.tls import peer_certificate_subject
+from pacs_node.tls import association_socket, peer_certificate_subject
 
 if TYPE_CHECKING:  # pragma: no cover
     from pynetdicom.association import Association
@@ -628,7 +628,7 @@ def handle_association_accepted(event: Event) -> None:
     """
     calling_ae, address = _peer(event)
     assoc = event.assoc
-    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    sock = association_socket(assoc)
     if isinstance(sock, ssl.SSLSocket):
         subject = peer_certificate_subject(sock)
         certificate = f"client certificate {subject}" if subject else "no client certificate"

@@ -49,6 +49,7 @@ LOGGER = logging.getLogger(__name__)
 __all__ = [
     "DeferredHandshakeContext",
     "TLSSetupError",
+    "association_socket",
     "client_context",
     "handle_tls_handshake",
     "handshake_failure",
@@ -197,6 +198,23 @@ def client_context(tls: TLSSettings) -> ssl.SSLContext:
             tls.client_private_key_password,
         )
     return context
+
+
+def association_socket(assoc: object) -> object:
+    """The connected socket of a pynetdicom association (``assoc.dul.socket.socket``).
+
+    Parameters
+    ----------
+    assoc: pynetdicom.association.Association
+        Any association, requestor or acceptor.
+
+    Returns
+    -------
+    object
+        An :class:`ssl.SSLSocket` over DICOM TLS, a plain socket otherwise, or
+        ``None`` once the transport is gone.
+    """
+    return getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
 
 
 def peer_certificate_subject(sock: object) -> str | None:

@@ -29,6 +29,7 @@ from storage.models import (
     ExportRow,
     ResultObjectRow,
 )
+from storage.text import clip_text
 
 LOGGER = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ __all__ = [
     "recent_result_sends",
     "record_association",
 ]
-
-
-def _clip(value: str | None, length: int) -> str | None:
-    return None if value is None else value[:length]
 
 
 def _counts(counts: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -168,12 +165,12 @@ def record_association(
     """
     stored, warned, refused = _counts(counts)
     row = AssociationRow(
-        calling_ae_title=_clip(calling_ae_title, 16),
-        called_ae_title=_clip(called_ae_title, 16),
+        calling_ae_title=clip_text(calling_ae_title, 16),
+        called_ae_title=clip_text(called_ae_title, 16),
         peer_address=str(peer_address)[:64],
         peer_port=peer_port,
         tls=bool(tls),
-        tls_peer=_clip(tls_peer, 256),
+        tls_peer=clip_text(tls_peer, 256),
         started_at=started_at,
         ended_at=ended_at,
         outcome=AssociationOutcome(outcome),

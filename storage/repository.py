@@ -57,6 +57,7 @@ from storage.records import (
     SeriesRecord,
 )
 from storage.states import JobState
+from storage.text import clip_text
 from storage.transitions import apply_transition, check_now
 from storage.uids import validate_uid
 
@@ -82,13 +83,6 @@ __all__ = [
 
 #: Job states in which new instances keep or put the job back in ``received``.
 _OPEN_STATES = frozenset({JobState.RECEIVED, JobState.COMPLETE, JobState.QUEUED})
-
-
-def _clip(value: str | None, length: int) -> str | None:
-    """Cut over-long peer text to its column (tolerant decoding)."""
-    if value is None or len(value) <= length:
-        return value
-    return value[:length]
 
 
 def _insert_ignore(session: Session, model: type[Any], values: dict[str, Any], key: str) -> None:
@@ -121,11 +115,11 @@ def _insert_study(
         StudyRow,
         {
             "study_instance_uid": instance.study_instance_uid,
-            "patient_id": _clip(instance.patient_id, 64),
-            "patient_name": _clip(instance.patient_name, 324),
-            "study_date": _clip(instance.study_date, 8),
-            "accession_number": _clip(instance.accession_number, 16),
-            "study_description": _clip(instance.study_description, 64),
+            "patient_id": clip_text(instance.patient_id, 64),
+            "patient_name": clip_text(instance.patient_name, 324),
+            "study_date": clip_text(instance.study_date, 8),
+            "accession_number": clip_text(instance.accession_number, 16),
+            "study_description": clip_text(instance.study_description, 64),
             "created_at": now,
             "updated_at": now,
         },
@@ -145,14 +139,14 @@ def _insert_series(
         {
             "study_id": study.id,
             "series_instance_uid": instance.series_instance_uid,
-            "modality": _clip(instance.modality, 16),
-            "series_description": _clip(instance.series_description, 64),
+            "modality": clip_text(instance.modality, 16),
+            "series_description": clip_text(instance.series_description, 64),
             "series_number": instance.series_number,
             "frame_of_reference_uid": instance.frame_of_reference_uid,
             "instance_count": 0,
             "first_received_at": now,
             "last_received_at": now,
-            "calling_ae_title": _clip(instance.calling_ae_title, 16),
+            "calling_ae_title": clip_text(instance.calling_ae_title, 16),
         },
         "series_instance_uid",
     )
@@ -256,13 +250,13 @@ def record_instance(
     values = {
         "sop_class_uid": instance.sop_class_uid,
         "transfer_syntax_uid": instance.transfer_syntax_uid,
-        "image_type": _clip("\\".join(instance.image_type), 256) or None,
+        "image_type": clip_text("\\".join(instance.image_type), 256) or None,
         "instance_number": instance.instance_number,
         "file_path": instance.file_path,
         "sha256": instance.sha256,
         "size": instance.size,
         "received_at": now,
-        "calling_ae_title": _clip(instance.calling_ae_title, 16),
+        "calling_ae_title": clip_text(instance.calling_ae_title, 16),
     }
     if existing is None:
         outcome = InstanceOutcome.STORED
@@ -285,10 +279,10 @@ def record_instance(
         LOGGER.info("instance %s replaced (content changed)", instance.sop_instance_uid)
 
     series.last_received_at = max(series.last_received_at, now)
-    series.calling_ae_title = _clip(instance.calling_ae_title, 16)
+    series.calling_ae_title = clip_text(instance.calling_ae_title, 16)
     for name, length in (("modality", 16), ("series_description", 64)):
         if getattr(series, name) is None and getattr(instance, name) is not None:
-            setattr(series, name, _clip(getattr(instance, name), length))
+            setattr(series, name, clip_text(getattr(instance, name), length))
 
     if latest is None:
         job, action = _new_job(session, series, now, "instances received"), JobAction.CREATED
