@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -32,6 +33,7 @@ from PIL import Image
 from config import Destination
 from inference.phantom import generate_phantom, sample_spec, write_dicom_series
 from pacs_node.results import read_report_measurements
+from pacs_node.results.outline_sr import OHIF_PLANAR_FREEHAND_TRACKING_PREFIX
 from storage import JobState
 from tests.e2e_fixtures import REPO_ROOT, NodeProcess
 from tests.peers import Orthanc, dciodvfy_errors, free_port, require_binary, run_dcmtk
@@ -421,6 +423,12 @@ def test_stock_ohif_draws_the_outline_report(
         artifacts="sr-outline-stock",
     )
     check_sr_drawing(observed, planar, processed_study.seg)
+    # The report is rehydratable: OHIF asks to track its measurements (answered in
+    # test_stock_ohif_lists_the_outline_report_in_its_measurement_panel); unanswered,
+    # the SR viewport draws and the measurement panel stays empty.
+    assert "Do you want to continue tracking measurements for this study?" in (
+        observed["sr_viewport_text"])
+    assert "No tracked measurements" in observed["measurement_panel"]
 
 
 def test_stock_ohif_3_13_shows_a_black_sr_viewport_for_our_sr(
@@ -461,3 +469,65 @@ def test_viewer_server_serves_the_shell_config_and_assets(tmp_path: Path) -> Non
             with pytest.raises(urllib.error.HTTPError) as error:
                 urllib.request.urlopen(f"{server.url}{path}", timeout=10)
             assert error.value.code == status, path
+
+
+
+def test_stock_ohif_lists_the_outline_report_in_its_measurement_panel(
+    processed_study: ProcessedStudy, stock_viewer: ViewerServer, tmp_path: Path,
+) -> None:
+    """The outline report is rehydratable by OHIF 3.13 as shipped: opening it asks
+    "Do you want to continue tracking measurements for this study?"; after "Yes"
+    OHIF's measurement panel lists exactly the report's planar groups (as editable
+    PlanarFreehandROI measurements, in order, with the report's areas), and each,
+    clicked in the panel, is drawn as a closed contour with all the report's points
+    on the slice the group references."""
+    assert b"onBeforeSRAddMeasurement" not in stock_viewer.app_config
+    outline = processed_study.outline
+    planar = read_report_measurements(outline)["planar"]
+    full = read_report_measurements(processed_study.sr)["planar"]
+    assert len(planar) == len(full) >= 1
+    # "Lesion <n>" stays readable after the cornerstone3D tool prefix.
+    assert [p["tracking_id"] for p in planar] == [
+        f"{OHIF_PLANAR_FREEHAND_TRACKING_PREFIX}{p['tracking_id']}" for p in full]
+    observed = run_ohif(
+        stock_viewer, processed_study.study_instance_uid, "sr-hydrate", tmp_path / "hydrate",
+        sr_measurements=len(planar), sr_label=str(outline.SeriesDescription),
+        artifacts="sr-outline-hydrated",
+    )
+    assert observed["blocked_requests"] == [] and observed["page_errors"] == []
+    assert "Do you want to continue tracking measurements for this study?" in observed["sr_prompt"]
+    # Every group went through the PlanarFreehandROI adapter, none was refused.
+    assert observed["console_sr"].count("log: === PlanarFreehandROI ===") == len(planar), (
+        observed["console_sr"])
+    assert not [m for m in observed["console_sr"]
+                if "Unable to generate tool state" in m or "not rehydratable" in m]
+    # The panel: exactly the planar groups, titled with their finding, with their areas;
+    # row n is "Lesion <n>" (lesions are numbered by decreasing volume, as the groups).
+    assert [p["tracking_id"].rsplit(":", 1)[1] for p in planar] == [
+        f"Lesion {n}" for n in range(1, len(planar) + 1)]
+    rows = observed["measurement_panel_rows"]
+    assert [row["text"] for row in rows] == [
+        f"{n} {p['finding']['meaning']}" for n, p in enumerate(planar, start=1)], rows
+    panel = observed["measurement_panel_after"]
+    assert f"Measurements ({len(planar)})" in panel, panel
+    areas = [float(m) for m in re.findall(r"^([\d.]+) mm²$", panel, flags=re.MULTILINE)]
+    assert areas == pytest.approx([p["area_mm2"] for p in planar], abs=0.5), panel
+    ct_shot = Path(observed["screenshots"]["ct"])
+    assert len(observed["sr_measurements"]) == len(planar)
+    for group, seen in zip(planar, observed["sr_measurements"]):
+        where = f"{group['tracking_id']} ({group['referenced_sop_instance_uid']})"
+        assert seen["image"]["sopInstanceUid"] == group["referenced_sop_instance_uid"], where
+        # cornerstone's own tool draws it (a <path>), not the SR display tool (<polyline>):
+        # the closed contour without the repeated first point.
+        assert seen["svg"]["polylines"] == [], where
+        (contour,) = seen["svg"]["paths"]
+        assert contour["closed"] and contour["points"] == len(group["points"]) - 1, (where, contour)
+        (area_line,) = [line for line in seen["svg"]["text_lines"] if line.startswith("Area: ")]
+        assert float(area_line.split()[1]) == pytest.approx(group["area_mm2"], abs=0.5), area_line
+        stroke = parse_rgb(contour["stroke"])
+        drawn = colour_pixels(Path(seen["screenshot"]), stroke, min_chroma=60.0)
+        before = colour_pixels(ct_shot, stroke, min_chroma=60.0)
+        print(f"{where}: {contour['points']} points, {drawn} pixels of {stroke} "
+              f"(plain CT {before}); {seen['svg']['text_lines']}")
+        assert drawn >= 200 and before <= 0.01 * drawn, (where, drawn, before)
+    print(f"browser {observed['elapsed_ms']} ms")

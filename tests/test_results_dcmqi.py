@@ -23,6 +23,7 @@ import pydicom
 import pytest
 
 from pacs_node.results import build_outline_report, encode_results, read_report_measurements
+from pacs_node.results.outline_sr import OHIF_PLANAR_FREEHAND_TRACKING_PREFIX
 from tests.results_fixtures import UID_ROOT, make_manifest, phantom_case
 
 
@@ -136,8 +137,10 @@ def test_tid1500reader_reads_the_outline_report(case):
     document = json.loads((folder / "outline.json").read_text())
     groups = document["Measurements"]
     ours = read_report_measurements(pydicom.dcmread(folder / "sr.dcm"))["planar"]
+    # The same lesions as the full report; the identifier names OHIF's tool first.
     assert [(g["TrackingIdentifier"], g["TrackingUniqueIdentifier"]) for g in groups] == [
-        (p["tracking_id"], p["tracking_uid"]) for p in ours]
+        (f"{OHIF_PLANAR_FREEHAND_TRACKING_PREFIX}{p['tracking_id']}", p["tracking_uid"])
+        for p in ours]
     assert [_value(g, "42798000") for g in groups] == pytest.approx(
         [p["area_mm2"] for p in ours])
     assert document["SeriesDescription"] == "AI lesion measurements (research)"

@@ -20,6 +20,7 @@ from pacs_node.results import (
     encode_results,
     read_report_measurements,
 )
+from pacs_node.results.outline_sr import OHIF_PLANAR_FREEHAND_TRACKING_PREFIX
 from pacs_node.results.planar import (
     largest_region,
     largest_slice,
@@ -318,10 +319,45 @@ def test_outline_report_holds_only_the_same_planar_groups(phantom, tmp_path):
     assert mine["lesions"] == [] and mine["segments"] == {} and mine["classification"] is None
     assert len(mine["planar"]) == len(theirs["planar"]) >= 2
     for a, b in zip(mine["planar"], theirs["planar"]):
-        # same lesion, same tracking UID (derived from the SEG) in both reports
-        assert (a["tracking_id"], a["tracking_uid"]) == (b["tracking_id"], b["tracking_uid"])
+        # same lesion, same tracking UID (derived from the SEG) in both reports; the
+        # outline report's identifier names OHIF's PlanarFreehandROI tool first
+        assert b["tracking_id"].startswith("Lesion ")
+        assert a["tracking_id"] == f"{OHIF_PLANAR_FREEHAND_TRACKING_PREFIX}{b['tracking_id']}"
+        assert a["tracking_uid"] == b["tracking_uid"]
         assert np.array_equal(a["points"], b["points"])
         assert (a["area_mm2"], a["long_axis_mm"]) == (b["area_mm2"], b["long_axis_mm"])
+    # The Area NUM (the group's first NUM, where OHIF's adapter reads the outline) is
+    # INFERRED FROM a copy of the group's Image Region; the full report has no such copy.
+    for group in container.ContentSequence:
+        (region,) = [item for item in group.ContentSequence if item.ValueType == "SCOORD"]
+        nums = [item for item in group.ContentSequence if item.ValueType == "NUM"]
+        assert nums[0].ConceptNameCodeSequence[0].CodeValue == codes.AREA.value
+        (inferred,) = nums[0].ContentSequence
+        assert inferred.RelationshipType == "INFERRED FROM" and inferred.ValueType == "SCOORD"
+        assert list(inferred.GraphicData) == list(region.GraphicData)
+        assert inferred.GraphicType == region.GraphicType == "POLYLINE"
+        assert (inferred.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                == region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        assert all("ContentSequence" not in num for num in nums[1:])
+    full_container = next(item for item in full.ContentSequence
+                          if item.ConceptNameCodeSequence[0].CodeValue == "126010")
+    assert not [num for group in full_container.ContentSequence
+                if group.ContentTemplateSequence[0].TemplateIdentifier == "1410"
+                for num in group.ContentSequence
+                if num.ValueType == "NUM" and "ContentSequence" in num]
+    # ohif_rehydratable=False: exactly the measurement report's planar groups.
+    plain = build_outline_report(datasets, seg, result, manifest, uid_root=UID_ROOT,
+                                 ohif_rehydratable=False)
+    plain.save_as(tmp_path / "plain.dcm")
+    assert dciodvfy_errors(tmp_path / "plain.dcm") == []
+    plain_planar = read_report_measurements(pydicom.dcmread(tmp_path / "plain.dcm"))["planar"]
+    assert [(p["tracking_id"], p["tracking_uid"]) for p in plain_planar] == [
+        (p["tracking_id"], p["tracking_uid"]) for p in theirs["planar"]]
+    plain_container = next(item for item in plain.ContentSequence
+                           if item.ConceptNameCodeSequence[0].CodeValue == "126010")
+    assert not [num for group in plain_container.ContentSequence
+                for num in group.ContentSequence
+                if num.ValueType == "NUM" and "ContentSequence" in num]
     evidence = {item.ReferencedSOPInstanceUID
                 for study in outline.CurrentRequestedProcedureEvidenceSequence
                 for series in study.ReferencedSeriesSequence

@@ -4,7 +4,7 @@
 // screenshots to --out. It only observes: pass/fail is decided by the Python test.
 //
 //   node tests/viewer/ohif_check.mjs --url http://127.0.0.1:PORT --study UID \
-//        --out DIR --mode seg|sr|sr-stock [--seg-label TEXT] [--sr-label TEXT]
+//        --out DIR --mode seg|sr|sr-stock|sr-hydrate [--seg-label TEXT] [--sr-label TEXT]
 //        [--sr-measurements N] [--timeout MS]
 //
 // Requests to any host other than the viewer's are blocked and listed in the JSON.
@@ -36,7 +36,7 @@ const args = parseArgs(process.argv.slice(2));
 fs.mkdirSync(args.out, { recursive: true });
 const observed = {
   mode: args.mode, study: args.study, steps: [], blocked_requests: [], console_errors: [],
-  console_type_errors: [],
+  console_type_errors: [], console_sr: [],
   page_errors: [], failed_requests: [], screenshots: {},
 };
 const started = Date.now();
@@ -180,6 +180,12 @@ async function svgAnnotations(page) {
       points: (line.getAttribute('points') || '').trim().split(/\s+(?=[-\d.]+,)/).length,
       stroke: line.getAttribute('stroke'),
     })),
+    // cornerstone's PlanarFreehandROI tool draws its contour as a <path> ("M x y L x y ...").
+    paths: Array.from(svg.querySelectorAll('path')).map(item => ({
+      points: ((item.getAttribute('d') || '').match(/[ML]/g) || []).length,
+      closed: /Z\s*$/i.test((item.getAttribute('d') || '').trim()),
+      stroke: item.getAttribute('stroke'),
+    })),
     text_lines: Array.from(svg.querySelectorAll('tspan')).map(t => t.textContent.trim())
       .filter(Boolean),
   }));
@@ -250,6 +256,39 @@ async function checkSrStock(page) {
   step('stock SR viewport observed');
 }
 
+/** A rehydratable SR (stock OHIF): open it, answer the tracking prompt with "Yes", read
+ * the measurement panel, and for each listed measurement jump to it (click its row)
+ * and record the image and the SVG annotations drawn there. */
+async function checkSrHydrate(page) {
+  const measurements = Number(args.srMeasurements || 1);
+  await page.getByText(args.srLabel, { exact: false }).first().dblclick();
+  await answerPrompt(page, 'sr');
+  await page.waitForTimeout(2000);
+  const panelButton = page.locator('[data-cy="trackedMeasurements-btn"]');
+  if (await panelButton.count()) await panelButton.first().click();
+  await page.locator('[data-cy="data-row-title"]').first().waitFor({ timeout: args.timeout });
+  await page.waitForTimeout(1000);
+  observed.measurement_panel = await page.locator('#viewerLayoutResizableRightPanel').innerText();
+  observed.measurement_panel_rows = await dataRows(page);
+  await shootPage(page, 'sr-hydrated-page');
+  step('measurement panel read', { rows: observed.measurement_panel_rows.length });
+  observed.sr_measurements = [];
+  const rows = page.locator('[data-cy="data-row"]');
+  for (let index = 0; index < Math.min(measurements, await rows.count()); index += 1) {
+    await rows.nth(index).locator('[data-cy="data-row-title"]').click();
+    await page.waitForTimeout(1500);
+    await waitForPolyline(page, 10000);
+    const shot = await shootViewport(page, `sr-hydrated-${index + 1}`);
+    observed.sr_measurements.push({
+      image: await currentImage(page), svg: await svgAnnotations(page), screenshot: shot,
+    });
+  }
+  // Each measurement's statistics are complete once it was displayed.
+  observed.measurement_panel_after = await page.locator('#viewerLayoutResizableRightPanel')
+    .innerText();
+  step('hydrated measurements visited', { count: observed.sr_measurements.length });
+}
+
 async function main() {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'ohif-chromium-'));
   const origin = new URL(args.url).host;
@@ -270,6 +309,9 @@ async function main() {
     const page = context.pages()[0] || await context.newPage();
     page.on('console', msg => {
       if (msg.type() === 'error') observed.console_errors.push(msg.text().slice(0, 500));
+      if (/rehydratable|Unable to generate tool state|=== \w+ ===/.test(msg.text())) {
+        observed.console_sr.push(`${msg.type()}: ${msg.text().slice(0, 300)}`);
+      }
       if (/TypeError|_checkIfCanAddMeasurementsToDisplaySet/.test(msg.text())) {
         observed.console_type_errors.push(`${msg.type()}: ${msg.text().slice(0, 800)}`);
       }
@@ -286,6 +328,7 @@ async function main() {
     if (args.mode === 'seg') await checkSeg(page);
     else if (args.mode === 'sr') await checkSr(page);
     else if (args.mode === 'sr-stock') await checkSrStock(page);
+    else if (args.mode === 'sr-hydrate') await checkSrHydrate(page);
     else throw new Error(`unknown --mode ${args.mode}`);
     observed.ok = true;
   } catch (err) {
