@@ -198,6 +198,9 @@ def test_written_job_gets_triage_and_an_oru_that_the_listener_parses_back(
     assert message.unescape(str(message.segment("ORC")(2))) == ACCESSION
     assert str(obr(25)) == "F"
     assert "Research use only, not for diagnosis" in str(message.segment("NTE")(3))
+    expected_tq1 = {"urgent": "S", "high": "A", "routine": "R", "low": "R"}[triage.priority]
+    assert comp(message.segment("TQ1"), 9, 1) == expected_tq1
+    assert comp(message.segment("TQ1"), 9, 3) == "HL70027"
     obx = observations(message)
     assert obx["113014"] == [("", header.StudyInstanceUID, "")]
     assert obx["FLAG"][0][1] == triage.flag and obx["PRIORITY"][0][1] == triage.priority
@@ -459,8 +462,9 @@ def test_free_text_is_escaped_and_parses_back() -> None:
                          summary=None, control_id="C1", now=T0)
     assert "\n" not in text and text.count("\r") == len(text.split("\r")) - 1
     message = parsed(text)
-    assert [str(s(0)) for s in message] == ["MSH", "PID", "ORC", "OBR", "NTE", "OBX", "OBX",
-                                            "OBX", "OBX"]
+    assert [str(s(0)) for s in message] == ["MSH", "PID", "ORC", "OBR", "NTE", "TQ1", "OBX",
+                                            "OBX", "OBX", "OBX"]
+    assert comp(message.segment("TQ1"), 9, 1) == "S"  # urgent: Stat (HL7 table 0027)
     pid = message.segment("PID")
     assert message.unescape(comp(pid, 3, 1)) == "ID^7&"
     assert (comp(pid, 5, 1), comp(pid, 5, 2)) == ("O'Brien", "Seán")

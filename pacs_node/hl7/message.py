@@ -11,6 +11,8 @@ Segments (separated by CR, default delimiters ``|^~\\&``, UTF-8, MSH-18
          OBR-7 study date, OBR-18 accession, OBR-22 now, OBR-24 CT,
          OBR-25 result status F
     NTE  "Research use only, not for diagnosis..."
+    TQ1  TQ1-9 priority, HL7 table 0027: urgent -> S^Stat, high -> A^ASAP,
+         routine and low -> R^Routine (for worklists that sort on it)
     OBX  113014^DICOM Study^DCM        HD  Study Instance UID
     OBX  FLAG^Triage flag^99DSC        ST  e.g. COVID-19 pattern
     OBX  PRIORITY^Triage priority^99DSC ST urgent | high | routine | low
@@ -45,6 +47,7 @@ LOGGER = logging.getLogger(__name__)
 __all__ = [
     "ACCEPT_CODES",
     "AckResult",
+    "HL7_PRIORITIES",
     "RESEARCH_NOTE",
     "SEGMENT_SEPARATOR",
     "build_oru_r01",
@@ -58,6 +61,13 @@ SEGMENT_SEPARATOR = "\r"
 ACCEPT_CODES = frozenset({"AA", "CA"})
 #: Local coding system of the node's observation identifiers.
 CODING_SYSTEM = "99DSC"
+#: TQ1-9 of each triage priority (HL7 table 0027, Priority).
+HL7_PRIORITIES: Mapping[str, str] = {
+    "urgent": "S^Stat^HL70027",
+    "high": "A^ASAP^HL70027",
+    "routine": "R^Routine^HL70027",
+    "low": "R^Routine^HL70027",
+}
 #: The NTE of every message.
 RESEARCH_NOTE = (
     "Research use only, not for diagnosis. Automated triage by deepsc-node; "
@@ -200,6 +210,10 @@ def build_oru_r01(
     obr_fields[24] = "F"
     obr = _segment("OBR", obr_fields)
     nte = _segment("NTE", ["1", "L", escape(RESEARCH_NOTE)])
+    tq1_fields = [""] * 9
+    tq1_fields[0] = "1"
+    tq1_fields[8] = HL7_PRIORITIES.get(decision.priority, HL7_PRIORITIES["routine"])
+    tq1 = _segment("TQ1", tq1_fields)
 
     observations: list[tuple[str, str, str, str, str, str]] = [
         ("HD", "113014^DICOM Study^DCM", "", context.study_instance_uid, "", ""),
@@ -232,7 +246,7 @@ def build_oru_r01(
             observations, start=1
         )
     ]
-    return SEGMENT_SEPARATOR.join([msh, pid, orc, obr, nte, *obx])
+    return SEGMENT_SEPARATOR.join([msh, pid, orc, obr, nte, tq1, *obx])
 
 
 @dataclass(frozen=True)
