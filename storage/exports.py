@@ -78,6 +78,33 @@ def backoff_delay(policy: BackoffPolicy, attempts: int) -> float:
     return float(min(policy.max_backoff, policy.initial_backoff * 2.0 ** min(attempts - 1, 60)))
 
 
+def retry_after_failure(
+    policy: BackoffPolicy, attempts: int, finished_at: datetime
+) -> datetime | None:
+    """When to try again after the failed attempt number `attempts`.
+
+    Shared by the DICOM export and the HL7 outbox (:mod:`storage.hl7`).
+
+    Parameters
+    ----------
+    policy: BackoffPolicy
+        Retry policy (``config.RetryPolicy``).
+    attempts: int
+        Attempts made so far, the failed one included.
+    finished_at: datetime
+        When the failed attempt ended.
+
+    Returns
+    -------
+    datetime | None
+        ``finished_at`` plus :func:`backoff_delay`; ``None`` when
+        ``policy.max_attempts`` is reached (give up).
+    """
+    if policy.max_attempts is not None and attempts >= policy.max_attempts:
+        return None
+    return finished_at + timedelta(seconds=backoff_delay(policy, attempts))
+
+
 def _locked_job(session: Session, job_id: int) -> JobRow:
     job = session.scalars(
         select(JobRow)
@@ -317,9 +344,9 @@ def record_export_attempt(
     else:
         text = error or (f"status 0x{status_code:04X}" if status_code is not None else "failed")
         export.last_error = text
-        if policy.max_attempts is not None and export.attempt_count >= policy.max_attempts:
+        export.next_attempt_at = retry_after_failure(policy, export.attempt_count, finished_at)
+        if export.next_attempt_at is None:
             export.status = ExportStatus.FAILED
-            export.next_attempt_at = None
             LOGGER.warning(
                 "export %d to %s gave up after %d attempt(s): %s",
                 export.id,
@@ -327,9 +354,6 @@ def record_export_attempt(
                 export.attempt_count,
                 text,
             )
-        else:
-            delay = backoff_delay(policy, export.attempt_count)
-            export.next_attempt_at = finished_at + timedelta(seconds=delay)
     session.flush()
     job_id = session.scalar(
         select(ResultObjectRow.job_id).where(ResultObjectRow.id == export.result_object_id)

@@ -6,7 +6,7 @@ the node stops before sending it. The sender (:mod:`pacs_node.hl7.sender`)
 polls :func:`due_hl7_messages`, sends each over MLLP outside a transaction
 and records the outcome with :func:`record_hl7_attempt`: an accepted ACK marks
 it ``sent``; anything else is retried with the DICOM export's backoff
-(:func:`storage.exports.backoff_delay`) until the policy's ``max_attempts``,
+(:func:`storage.exports.retry_after_failure`) until the policy's ``max_attempts``,
 then ``failed``. :func:`hl7_study_context` reads what the message needs from
 the stored study. Nothing here commits. Message texts hold PHI: never logged.
 """
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.errors import ExportStateError, NotFoundError
-from storage.exports import backoff_delay
+from storage.exports import retry_after_failure
 from storage.models import HL7MessageRow, HL7MessageState, JobRow, SeriesRow, StudyRow
 from storage.records import BackoffPolicy
 from storage.transitions import check_now
@@ -281,9 +281,9 @@ def record_hl7_attempt(
         row.last_error = None
     else:
         row.last_error = error or (f"ACK {ack_code}" if ack_code else "failed")
-        if policy.max_attempts is not None and row.attempt_count >= policy.max_attempts:
+        row.next_attempt_at = retry_after_failure(policy, row.attempt_count, finished_at)
+        if row.next_attempt_at is None:
             row.state = HL7MessageState.FAILED
-            row.next_attempt_at = None
             LOGGER.warning(
                 "HL7 message %s (job %d) to %s gave up after %d attempt(s): %s",
                 row.control_id,
@@ -292,9 +292,6 @@ def record_hl7_attempt(
                 row.attempt_count,
                 row.last_error,
             )
-        else:
-            delay = backoff_delay(policy, row.attempt_count)
-            row.next_attempt_at = finished_at + timedelta(seconds=delay)
     session.flush()
     return HL7MessageRecord.from_row(row)
 

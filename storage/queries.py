@@ -300,11 +300,13 @@ def list_job_overviews(
     return _overviews(session, _job_rows(session, where, limit, offset), details=True)
 
 
-def _study_overviews(session: Session, studies: Sequence[StudyRow]) -> list[StudyOverview]:
+def _study_overviews(
+    session: Session, studies: Sequence[StudyRow], *, details: bool = False
+) -> list[StudyOverview]:
     if not studies:
         return []
     rows = _job_rows(session, [SeriesRow.study_id.in_([s.id for s in studies])])
-    jobs = _overviews(session, rows, details=False)
+    jobs = _overviews(session, rows, details=details)
     by_study: dict[str, list[JobOverview]] = {}
     for job in jobs:  # latest first
         by_study.setdefault(job.study_instance_uid, []).append(job)
@@ -368,7 +370,8 @@ def worklist(session: Session, limit: int = 100, window: int = 1000) -> list[Stu
 
 
 def get_study_overview(session: Session, study_instance_uid: str) -> StudyOverview:
-    """One study with all its jobs.
+    """One study with all its jobs, each with the details of :func:`job_overview`
+    (model, timings, exports), in one set of queries.
 
     Raises
     ------
@@ -380,7 +383,7 @@ def get_study_overview(session: Session, study_instance_uid: str) -> StudyOvervi
     ).one_or_none()
     if study is None:
         raise NotFoundError(f"study {study_instance_uid} does not exist")
-    return _study_overviews(session, [study])[0]
+    return _study_overviews(session, [study], details=True)[0]
 
 
 def key_image_object(session: Session, job_id: int) -> ResultObjectRow | None:

@@ -270,11 +270,10 @@ def create_app(
         try:
             with session_factory() as session:
                 entry = get_study_overview(session, uid)
-                jobs = [job_overview(session, job.id) for job in entry.jobs]
         except NotFoundError:
             return _error(404, f"study {uid} not found")
         data = study_json(entry)
-        data["jobs"] = [job_json(job) for job in jobs]
+        data["jobs"] = [job_json(job) for job in entry.jobs]
         return JSONResponse(data, headers={**_SECURITY_HEADERS, "Cache-Control": "no-store"})
 
     def jobs(request: Request) -> Response:
