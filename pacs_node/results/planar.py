@@ -28,6 +28,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from pacs_node.results.contours import mask_outlines
+
 LOGGER = logging.getLogger(__name__)
 
 __all__ = [
@@ -168,51 +170,19 @@ def trace_outline(region: np.ndarray) -> np.ndarray:
         closed curve (several regions, or holes).
     """
     _check_mask(region, 2, "region")
-    padded = np.pad(region, 1)
-    inside = padded[1:-1, 1:-1]
-    # Directed edges between pixel corners (x = column, y = row), oriented so
-    # that the region lies to the right on screen: top edges run east, right
-    # edges south, bottom edges west, left edges north.
-    successor: dict[tuple[int, int], tuple[int, int]] = {}
-    sides = (
-        (padded[:-2, 1:-1], (0, 0), (1, 0)),  # neighbour above empty: top edge
-        (padded[1:-1, 2:], (1, 0), (1, 1)),  # right neighbour empty: right edge
-        (padded[2:, 1:-1], (1, 1), (0, 1)),  # neighbour below empty: bottom edge
-        (padded[1:-1, :-2], (0, 1), (0, 0)),  # left neighbour empty: left edge
-    )
-    edge_count = 0
-    for neighbour, start, end in sides:
-        i, j = np.nonzero(inside & ~neighbour)
-        for row, column in zip(i.tolist(), j.tolist()):
-            origin = (column + start[0], row + start[1])
-            if origin in successor:
-                raise ValueError(
-                    'Argument "region" should be one 4-connected region without holes '
-                    "(its boundary touches itself)."
-                )
-            successor[origin] = (column + end[0], row + end[1])
-            edge_count += 1
-    first = min(successor, key=lambda corner: (corner[1], corner[0]))
-    path = [first]
-    current = successor[first]
-    while current != first:
-        path.append(current)
-        current = successor[current]
-        if len(path) > edge_count:
-            break
-    if len(path) != edge_count:
+    outlines = mask_outlines(region)
+    if len(outlines) != 1:
         raise ValueError(
             'Argument "region" should be one 4-connected region without holes '
-            f"(its boundary has {edge_count} edges, the outer curve {len(path)})."
+            f"(it has {len(outlines)} outlines)."
         )
-    corners = np.asarray(path, dtype=np.float64)
-    before = np.roll(corners, 1, axis=0)
-    after = np.roll(corners, -1, axis=0)
-    turn = (corners[:, 0] - before[:, 0]) * (after[:, 1] - corners[:, 1]) - (
-        corners[:, 1] - before[:, 1]
-    ) * (after[:, 0] - corners[:, 0])
-    corners = corners[turn != 0]
-    return np.vstack([corners, corners[:1]])
+    (outline,) = outlines
+    if len({(float(x), float(y)) for x, y in outline[:-1]}) != len(outline) - 1:
+        raise ValueError(
+            'Argument "region" should be one 4-connected region without holes '
+            "(its boundary touches itself)."
+        )
+    return outline
 
 
 def polygon_area(points: np.ndarray, pixel_spacing: tuple[float, float]) -> float:
