@@ -70,7 +70,9 @@ def _seconds(later: datetime, earlier: datetime) -> float:
 
 #: Issue 6, item 2: last instance -> SEG and SR stored, quiet timer excluded.
 TARGET_S = 10.0
-STAGES = ["read", "volume", "preprocess", "inference", "postprocess", "analysis", "encode"]
+STAGES = [
+    "read", "volume", "preprocess", "inference", "postprocess", "analysis", "render", "encode"
+]
 
 
 @contextlib.contextmanager

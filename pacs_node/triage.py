@@ -69,15 +69,12 @@ class TriageDecision:
         Name of the rule that matched (``"not-analysed"``, ``"unmatched"``).
     text: str
         One human-readable line.
-    analysed: bool
-        Whether the model produced a result.
     """
 
     flag: str
     priority: str
     rule: str
     text: str
-    analysed: bool = True
 
 
 @dataclass(frozen=True)
@@ -212,7 +209,7 @@ def triage_not_analysed(rules: TriageRules, reason: str) -> TriageDecision:
     flag = f"not analysed: {reason}"
     priority = rules.not_analysed_priority
     return TriageDecision(
-        flag[:MAX_FLAG_LENGTH], priority, NOT_ANALYSED_RULE, f"{flag}: {priority}", False
+        flag[:MAX_FLAG_LENGTH], priority, NOT_ANALYSED_RULE, f"{flag}: {priority}"
     )
 
 

@@ -112,7 +112,7 @@ def test_legend_and_research_text_are_burned_in() -> None:
     hu_slice = np.full((512, 512), -1000.0, dtype=np.float32)  # black in the lung window
     lesion = disk((512, 512), (256, 256), 40)
     pixels = render_key_image(hu_slice, lesion, caption="Image 7", model_label="model 2.0")
-    top_left, bottom = pixels[:70, :260], pixels[-40:, :]
+    top_left = pixels[:70, :260]
     # The legend: the lesion colour swatch and white/grey text on its box.
     assert colour_mask(top_left, LESION_COLOR).sum() >= 100
     assert (top_left.min(axis=-1) > 150).sum() > 200
@@ -120,7 +120,6 @@ def test_legend_and_research_text_are_burned_in() -> None:
     near_yellow = np.all(np.abs(pixels.astype(int) - YELLOW) <= 40, axis=-1)
     assert near_yellow[-40:].sum() > 150
     assert near_yellow[:-40].sum() == 0
-    assert bottom.any()
     # The window at the top right.
     assert (pixels[:40, -140:].min(axis=-1) > 100).sum() > 50
 

@@ -65,8 +65,7 @@ def load(tmp_path: Path, text: str) -> TriageRules:
 )
 def test_default_rules(result: dict[str, Any], flag: str, priority: str, rule: str) -> None:
     decision = triage_result(TriageRules(), result)
-    assert (decision.flag, decision.priority, decision.rule, decision.analysed) == (
-        flag, priority, rule, True)
+    assert (decision.flag, decision.priority, decision.rule) == (flag, priority, rule)
     assert decision.text.startswith(f"{flag}: {priority}; probabilities ")
 
 
@@ -89,7 +88,6 @@ def test_unmatched_result_and_not_analysed_get_their_configured_priority() -> No
     not_analysed = triage_not_analysed(rules, "3 slices < minimum 20\nmore")
     assert (not_analysed.flag, not_analysed.priority, not_analysed.rule) == (
         "not analysed: 3 slices < minimum 20 more", "high", NOT_ANALYSED_RULE)
-    assert not_analysed.analysed is False
     assert TriageRules().not_analysed_priority == "routine"  # never pushed down by default
     assert len(triage_not_analysed(rules, "x" * 500).flag) == 128
 
