@@ -39,6 +39,7 @@ from pacs_node.receive import ReceivedInstance
 from storage import (
     create_database_engine,
     make_session_factory,
+    result_summary,
     upgrade_database,
 )
 from tests.dicom_fixtures import make_ct_dataset, wait_for_port, write_dataset
@@ -47,6 +48,8 @@ from tests.peers import PEER_ENV, free_port, require_binary
 
 __all__ = [
     "assert_result_kinds",
+    "job_summary",
+    "outline_expected",
     "Clock",
     "ct_series",
     "PHANTOM_SLICE_THICKNESS",
@@ -310,6 +313,25 @@ def storescp_on(folder: Path, port: int, ae_title: str = "STORESCP") -> Iterator
             process.wait(10)
 
 
+def outline_expected(summary: Mapping[str, Any] | None) -> bool:
+    """Whether a job with this recorded summary gets the outline report: a lesion
+    reaches :data:`pacs_node.results.sr_planar.MIN_PLANAR_VOLUME_ML`."""
+    from pacs_node.results.sr_planar import MIN_PLANAR_VOLUME_ML
+
+    assert summary is not None, "the job has no recorded result summary"
+    return any(lesion["volume_ml"] >= MIN_PLANAR_VOLUME_ML for lesion in summary["lesions"])
+
+
+def job_summary(database_url: str, job_id: int) -> dict[str, Any] | None:
+    """The recorded result summary of a job in a node's database (read once)."""
+    engine = create_database_engine(database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            return result_summary(session, job_id)
+    finally:
+        engine.dispose()
+
+
 def assert_result_kinds(kinds: Sequence[str], summary: Mapping[str, Any] | None) -> None:
     """The recorded result kinds of a processed job, in order.
 
@@ -317,12 +339,7 @@ def assert_result_kinds(kinds: Sequence[str], summary: Mapping[str, Any] | None)
     :data:`pacs_node.results.sr_planar.MIN_PLANAR_VOLUME_ML` (from the job's
     recorded summary), then one or more Secondary Capture images.
     """
-    from pacs_node.results.sr_planar import MIN_PLANAR_VOLUME_ML
-
-    assert summary is not None, "the job has no recorded result summary"
-    significant = any(
-        lesion["volume_ml"] >= MIN_PLANAR_VOLUME_ML for lesion in summary["lesions"]
-    )
+    significant = outline_expected(summary)
     head = ["seg", "sr", "outline"] if significant else ["seg", "sr"]
     kinds = list(kinds)
     assert kinds[: len(head)] == head and set(kinds[len(head):]) == {"sc"}, (kinds, significant)

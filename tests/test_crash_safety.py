@@ -50,12 +50,13 @@ from storage import (
     job_events,
     make_session_factory,
     result_objects_for_job,
+    result_summary,
     series_instances,
 )
 from storage.jobs import RECOVERED_REASON
 from tests.dicom_proxy import DicomProxy
 from tests.e2e_fixtures import NodeProcess
-from tests.node_fixtures import wait_until, write_chest_series
+from tests.node_fixtures import assert_result_kinds, wait_until, write_chest_series
 from tests.peers import PEER_ENV, Orthanc, run_dcmtk
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -174,9 +175,8 @@ def assert_one_result(
     job = only_job(node, series_uid)
     assert job.state is JobState.EXPORTED
     objects, exports = job_outputs(node, job.id)
-    kinds = sorted(o.kind for o in objects)
-    assert kinds.count("seg") == kinds.count("sr") == 1 and kinds.count("outline") <= 1
-    assert set(kinds) - {"outline"} == {"seg", "sr", "sc"}, kinds
+    with node_db(node) as session:
+        assert_result_kinds([o.kind for o in objects], result_summary(session, job.id))
     assert all(e.status is ExportStatus.DELIVERED for e in exports), exports
     at_orthanc = orthanc_results(orthanc, study_uid)
     def uids(*kinds: str) -> list[str]:
