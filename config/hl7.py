@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from config.sections import check_field, positive_float, to_destination_name
+from config.sections import check_field, positive_float, to_name
 from config.validators import show, to_host, to_port, to_str_list
 
 LOGGER = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class HL7Destination:
     timeout: float = 10.0
 
     def __post_init__(self) -> None:
-        check_field(self, "name", to_destination_name)
+        check_field(self, "name", to_name)
         check_field(self, "host", to_host)
         check_field(self, "port", to_port)
         check_field(self, "receiving_application", _required_hd)

@@ -84,8 +84,9 @@ def check_field(obj: Any, name: str, convert: Callable[[Any], Any]) -> None:
     object.__setattr__(obj, name, value)
 
 
-def to_destination_name(value: Any) -> str:
-    """Validate a destination name: 1-64 of letters, digits, ``_ . -``."""
+def to_name(value: Any) -> str:
+    """Validate a name (destination, HL7 destination, triage rule): 1-64 of letters,
+    digits, ``_ . -``."""
     if not isinstance(value, str) or not _NAME_RE.fullmatch(value.strip()):
         raise ValueError(
             "should be a name of 1-64 letters, digits, '_', '.' or '-', " f"got {show(value)}"
@@ -185,7 +186,7 @@ class Destination:
     tls: bool = False
 
     def __post_init__(self) -> None:
-        check_field(self, "name", to_destination_name)
+        check_field(self, "name", to_name)
         check_field(self, "ae_title", to_ae_title)
         check_field(self, "host", to_host)
         check_field(self, "port", to_port)

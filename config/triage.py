@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from config.sections import check_field
+from config.sections import check_field, to_name
 from config.validators import show, to_bool, to_float, to_str_list, to_text
 
 LOGGER = logging.getLogger(__name__)
@@ -48,7 +48,6 @@ __all__ = [
 #: Priorities, most urgent first (the worklist sorts by this order).
 PRIORITIES: tuple[str, ...] = ("urgent", "high", "routine", "low")
 
-_RULE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _CLASS_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 #: TOML keys of one rule; ``class`` is stored as ``class_key``.
 _RULE_KEYS: tuple[str, ...] = (
@@ -68,14 +67,6 @@ def to_priority(value: Any) -> str:
     if isinstance(value, str) and value.strip().lower() in PRIORITIES:
         return value.strip().lower()
     raise ValueError(f"should be one of {', '.join(PRIORITIES)}, got {show(value)}")
-
-
-def _rule_name(value: Any) -> str:
-    if not isinstance(value, str) or not _RULE_NAME_RE.fullmatch(value.strip()):
-        raise ValueError(
-            f"should be a name of 1-64 letters, digits, '_', '.' or '-', got {show(value)}"
-        )
-    return value.strip()
 
 
 def _flag(value: Any) -> str:
@@ -102,7 +93,7 @@ def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 #: Converters of the fields of :class:`TriageRule` (dataclass field names).
 RULE_FIELDS: dict[str, Callable[[Any], Any]] = {
-    "name": _rule_name,
+    "name": to_name,
     "flag": _flag,
     "priority": to_priority,
     "class_key": _class_key,
