@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import socket
 import subprocess
 import time
@@ -38,8 +39,10 @@ def free_port() -> int:
 
 
 def require_binary(name: str) -> str:
-    """Path of a peer binary; fails the test (never skips) when it is missing."""
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    """Path of a peer binary on PATH, in /usr/sbin or beside the running Python (a
+    venv's bin: dcmqi's tools); fails the test (never skips) when it is missing."""
+    candidates = (Path(f"/usr/sbin/{name}"), Path(sys.executable).parent / name)
+    path = shutil.which(name) or next((str(c) for c in candidates if c.exists()), None)
     if path is None:
         pytest.fail(f"peer binary {name!r} not found: install it (see .ci/run)")
     return path

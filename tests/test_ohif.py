@@ -36,16 +36,19 @@ from pacs_node.results import read_report_measurements
 from pacs_node.results.outline_sr import OHIF_PLANAR_FREEHAND_TRACKING_PREFIX
 from storage import JobState
 from tests.e2e_fixtures import REPO_ROOT, NodeProcess
-from tests.peers import Orthanc, dciodvfy_errors, free_port, require_binary, run_dcmtk
-from tests.viewer_server import ViewerServer, require_ohif_dist
+from tests.peers import Orthanc, dciodvfy_errors, free_port, run_dcmtk
+from tests.viewer_server import (
+    VIEWER_DIR,
+    ViewerServer,
+    require_browser_tools,
+    require_ohif_dist,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ORTHANC_AE = "ORTHANC"
-VIEWER_DIR = REPO_ROOT / "tests" / "viewer"
 OHIF_SCRIPT = VIEWER_DIR / "ohif_check.mjs"
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "viewer"
-CHROMIUM = "/usr/bin/chromium"
 RESULT_TIMEOUT = 180.0
 BROWSER_TIMEOUT = 180.0
 #: Series descriptions the node writes (pacs_node.results): the viewer lists them.
@@ -69,12 +72,8 @@ class ProcessedStudy:
 
 
 def require_viewer_tools() -> None:
-    """Chromium, node and the npm packages; a missing one fails the test."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (see .ci/run)")
-    require_binary("node")
-    if not (VIEWER_DIR / "node_modules" / "playwright-core" / "package.json").is_file():
-        pytest.fail("playwright-core not installed: run tests/viewer/install.sh")
+    """Chromium, node, playwright-core and the OHIF dist; a missing one fails the test."""
+    require_browser_tools()
     require_ohif_dist()
 
 
@@ -183,7 +182,7 @@ def run_ohif(
     require_viewer_tools()
     out.mkdir(parents=True, exist_ok=True)
     command = [
-        require_binary("node"), str(OHIF_SCRIPT), "--url", viewer.url, "--study", study_uid,
+        require_browser_tools(), str(OHIF_SCRIPT), "--url", viewer.url, "--study", study_uid,
         "--out", str(out), "--mode", mode, "--seg-label", SEG_LABEL, "--sr-label", sr_label,
         "--sr-measurements", str(sr_measurements), "--timeout", "60000",
     ]

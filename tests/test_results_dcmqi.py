@@ -12,10 +12,7 @@ reads the node's SR and SEG built from a phantom result.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -24,19 +21,8 @@ import pytest
 
 from pacs_node.results import build_outline_report, encode_results, read_report_measurements
 from pacs_node.results.outline_sr import OHIF_PLANAR_FREEHAND_TRACKING_PREFIX
+from tests.peers import require_binary
 from tests.results_fixtures import UID_ROOT, make_manifest, phantom_case
-
-
-def dcmqi_binary(name: str) -> str:
-    """A dcmqi tool from PATH or beside the running Python (the venv's bin);
-    fails the test (never skips) when it is missing."""
-    found = shutil.which(name)
-    if found is None:
-        candidate = Path(sys.executable).parent / name
-        found = str(candidate) if candidate.exists() else None
-    if found is None:
-        pytest.fail(f"dcmqi tool {name!r} not found: pip install dcmqi (see requirements-test)")
-    return found
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -62,7 +48,7 @@ def _value(group: dict, code_value: str) -> float:
 
 def test_tid1500reader_reads_planar_and_volumetric_groups(case):
     folder, _, result = case
-    _run(dcmqi_binary("tid1500reader"), "--inputDICOM", str(folder / "sr.dcm"),
+    _run(require_binary("tid1500reader"), "--inputDICOM", str(folder / "sr.dcm"),
          "--outputMetadata", str(folder / "sr.json"))
     groups = json.loads((folder / "sr.json").read_text())["Measurements"]
     ours = read_report_measurements(pydicom.dcmread(folder / "sr.dcm"))
@@ -101,7 +87,7 @@ def test_segimage2itkimage_reads_back_the_same_masks(case):
     folder, _, result = case
     out = folder / "nifti"
     out.mkdir()
-    _run(dcmqi_binary("segimage2itkimage"), "--inputDICOM", str(folder / "seg.dcm"),
+    _run(require_binary("segimage2itkimage"), "--inputDICOM", str(folder / "seg.dcm"),
          "--outputDirectory", str(out), "--outputType", "nifti")
     meta = json.loads((out / "meta.json").read_text())
     labels = [group[0]["SegmentLabel"] for group in meta["segmentAttributes"]]
@@ -132,7 +118,7 @@ def test_tid1500reader_reads_the_outline_report(case):
     seg = pydicom.dcmread(folder / "seg.dcm")
     outline = build_outline_report(datasets, seg, result, make_manifest(), uid_root=UID_ROOT)
     outline.save_as(folder / "outline.dcm")
-    _run(dcmqi_binary("tid1500reader"), "--inputDICOM", str(folder / "outline.dcm"),
+    _run(require_binary("tid1500reader"), "--inputDICOM", str(folder / "outline.dcm"),
          "--outputMetadata", str(folder / "outline.json"))
     document = json.loads((folder / "outline.json").read_text())
     groups = document["Measurements"]

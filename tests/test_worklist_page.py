@@ -19,11 +19,10 @@ import pytest
 from storage import JobState
 from tests.api_fixtures import ApiNode, api_node, process_series
 from tests.node_fixtures import tiny_model
-from tests.peers import require_binary
+from tests.viewer_server import VIEWER_DIR, require_browser_tools
 from tests.test_api import triage_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-VIEWER_DIR = REPO_ROOT / "tests" / "viewer"
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "worklist"
 
 
@@ -36,11 +35,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiNode]:
 
 def run_page_check(api: ApiNode, studies: list[str], screenshots: list[Path],
                    tmp_path: Path) -> dict:
-    node = require_binary("node")
-    require_binary("chromium")
-    if not (VIEWER_DIR / "node_modules" / "playwright-core").is_dir():
-        pytest.fail("tests/viewer/node_modules/playwright-core missing: "
-                    "run tests/viewer/install.sh")
+    node = require_browser_tools()  # /usr/bin/chromium, as worklist_check.mjs launches it
     config = tmp_path / "worklist-check.json"
     config.write_text(json.dumps({
         "baseUrl": api.base_url,

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from tests.peers import free_port
+from tests.peers import free_port, require_binary
 
 LOGGER = logging.getLogger(__name__)
 
@@ -47,6 +47,29 @@ CONTENT_TYPES = {
     ".png": "image/png",
 }
 CHUNK = 64 * 1024
+
+
+#: Debian's Chromium, the browser of every headless-Chromium test.
+CHROMIUM = "/usr/bin/chromium"
+#: The npm package of the browser tests (tests/viewer/install.sh).
+VIEWER_DIR = Path(__file__).resolve().parent / "viewer"
+
+
+def require_browser_tools() -> str:
+    """Debian's Chromium, Node.js and playwright-core; fails the test (never skips)
+    when one is missing.
+
+    Returns
+    -------
+    str
+        The ``node`` executable that runs the ``tests/viewer/*.mjs`` scripts.
+    """
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (see .ci/run)")
+    node = require_binary("node")
+    if not (VIEWER_DIR / "node_modules" / "playwright-core" / "package.json").is_file():
+        pytest.fail("playwright-core not installed: run tests/viewer/install.sh")
+    return node
 
 
 def require_ohif_dist() -> Path:
