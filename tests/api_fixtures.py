@@ -21,7 +21,8 @@ import pydicom
 from config import Destination, HTTPSettings
 from pacs_node import scu
 from pacs_node.node import Node
-from storage import JobRecord, JobState, jobs_for_series
+from storage import JobRecord, JobState, jobs_for_series, result_summary
+from storage.triage import TriageRecord, get_triage
 from tests.node_fixtures import node_settings, write_chest_series
 from tests.peers import free_port
 
@@ -111,3 +112,24 @@ def process_series(api: ApiNode, folder: Path, *, seed: int = 3, label: str = "c
     if jobs[-1].state is JobState.EXPORTED:
         api.processed.append(jobs[-1])
     return jobs[-1]
+
+
+#: Flag and priority of the default triage rule of each predicted class.
+DEFAULT_TRIAGE: dict[str, tuple[str, str]] = {
+    "covid19": ("COVID-19 pattern", "urgent"),
+    "cap": ("pneumonia, CAP pattern", "high"),
+    "no_pneumonia": ("no pneumonia detected", "routine"),
+}
+
+
+def triage_of(api: ApiNode, job_id: int) -> TriageRecord:
+    """The triage decision the node recorded with the job (the default rules)."""
+    factory = api.node.session_factory
+    assert factory is not None
+    with factory() as session:
+        found = get_triage(session, job_id)
+        summary = result_summary(session, job_id)
+    assert found is not None, f"job {job_id} has no triage"
+    if summary is not None:  # analysed: the default rule of the predicted class
+        assert (found.flag, found.priority) == DEFAULT_TRIAGE[summary["predicted_class"]]
+    return found

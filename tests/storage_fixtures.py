@@ -144,3 +144,18 @@ def fresh_engine_factory(
     yield make
     for engine in engines:
         engine.dispose()
+
+
+@pytest.fixture()
+def postgres_url() -> Iterator[str]:
+    """A URL of the local PostgreSQL whose search_path is a fresh schema (dropped after)."""
+    schema = f"deepsc_node_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = create_database_engine(POSTGRES_URL)
+    try:
+        with admin.begin() as connection:  # fails the test if the server is unreachable
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()

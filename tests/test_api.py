@@ -24,14 +24,11 @@ from storage import (
     ResultStore,
     create_database_engine,
     make_session_factory,
-    result_summary,
 )
 from storage.queries import key_image_object
-from storage.triage import TriageRecord, get_triage
-from tests.api_fixtures import ApiNode, api_node, process_series
+from tests.api_fixtures import ApiNode, api_node, process_series, triage_of
 from tests.node_fixtures import node_settings, tiny_model
 from tests.peers import free_port
-from tests.test_node import postgres_url  # noqa: F401  (fixture)
 
 #: Every protected route (method, path); job 1 and its thumbnail exist after processing.
 PROTECTED: tuple[tuple[str, str], ...] = (
@@ -51,11 +48,6 @@ PROTECTED: tuple[tuple[str, str], ...] = (
 )
 
 #: Flag and priority of the default triage rules, per predicted class.
-DEFAULT_TRIAGE: dict[str, tuple[str, str]] = {
-    "covid19": ("COVID-19 pattern", "urgent"),
-    "cap": ("pneumonia, CAP pattern", "high"),
-    "no_pneumonia": ("no pneumonia detected", "routine"),
-}
 
 
 @pytest.fixture(scope="module")
@@ -78,17 +70,6 @@ def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     }
 
 
-def triage_of(api: ApiNode, job_id: int) -> TriageRecord:
-    """The triage decision the node recorded with the job (the default rules)."""
-    factory = api.node.session_factory
-    assert factory is not None
-    with factory() as session:
-        found = get_triage(session, job_id)
-        summary = result_summary(session, job_id)
-    assert found is not None, f"job {job_id} has no triage"
-    if summary is not None:  # analysed: the default rule of the predicted class
-        assert (found.flag, found.priority) == DEFAULT_TRIAGE[summary["predicted_class"]]
-    return found
 
 
 def test_token_file_is_generated_0600_and_never_logged(api: ApiNode) -> None:

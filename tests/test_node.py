@@ -5,8 +5,6 @@ import json
 import os
 import shutil
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -252,25 +250,6 @@ def test_stale_temporary_files_are_removed_at_start(tmp_path: Path, model_dir: P
         assert not stale.exists()
         assert fresh.exists()  # may belong to a writer of another process
 
-
-
-@pytest.fixture()
-def postgres_url() -> Iterator[str]:
-    """A URL of the local PostgreSQL whose search_path is a fresh schema (dropped after)."""
-    from sqlalchemy import text
-
-    from tests.storage_fixtures import POSTGRES_URL
-
-    schema = f"deepsc_node_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = create_database_engine(POSTGRES_URL)
-    try:
-        with admin.begin() as connection:  # fails the test if the server is unreachable
-            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.mark.postgres

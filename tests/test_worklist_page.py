@@ -20,7 +20,7 @@ from storage import JobState
 from tests.api_fixtures import ApiNode, api_node, process_series
 from tests.node_fixtures import tiny_model
 from tests.viewer_server import VIEWER_DIR, require_browser_tools
-from tests.test_api import triage_of
+from tests.api_fixtures import triage_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "worklist"
