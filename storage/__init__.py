@@ -51,6 +51,7 @@ from storage.hl7 import (
     hl7_message_counts,
     hl7_messages_for_job,
     hl7_study_context,
+    job_study_uids,
     record_hl7_attempt,
 )
 from storage.filestore import InstanceStore, ResultStore, StoredFile, UIDFileStore
@@ -157,6 +158,7 @@ __all__ = [
     "hl7_message_counts",
     "hl7_messages_for_job",
     "hl7_study_context",
+    "job_study_uids",
     "is_own_output",
     "is_valid_uid",
     "job_events",

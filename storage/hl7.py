@@ -36,6 +36,7 @@ __all__ = [
     "hl7_message_counts",
     "hl7_messages_for_job",
     "hl7_study_context",
+    "job_study_uids",
     "record_hl7_attempt",
 ]
 
@@ -123,6 +124,24 @@ def hl7_study_context(session: Session, job_id: int) -> HL7StudyContext:
         study_description=study.study_description,
         modality=series.modality,
     )
+
+
+def job_study_uids(session: Session, job_ids: set[int] | list[int]) -> dict[int, str]:
+    """The Study Instance UID of each job, in one query.
+
+    Only the UID is read (for log lines), none of the patient attributes that
+    :func:`hl7_study_context` loads for building a message. Jobs that do not
+    exist are left out of the result.
+    """
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        select(JobRow.id, StudyRow.study_instance_uid)
+        .join(SeriesRow, JobRow.series_id == SeriesRow.id)
+        .join(StudyRow, SeriesRow.study_id == StudyRow.id)
+        .where(JobRow.id.in_(sorted(set(job_ids))))
+    ).all()
+    return {int(job_id): str(uid) for job_id, uid in rows}
 
 
 def enqueue_hl7_message(

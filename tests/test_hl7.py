@@ -55,6 +55,7 @@ from storage import (
     create_database_engine,
     get_triage,
     hl7_messages_for_job,
+    job_study_uids,
     jobs_for_series,
     make_session_factory,
     record_instance,
@@ -331,6 +332,18 @@ def only_message(factory: sessionmaker[Session], job_id: int) -> Any:
     with factory() as session:
         (message,) = hl7_messages_for_job(session, job_id)
     return message
+
+
+def test_job_study_uids_reads_the_uid_of_each_job_in_one_query(
+    db_factory: sessionmaker[Session],
+) -> None:
+    """The sender's log lines name the study by UID; the lookup reads nothing else."""
+    ris = destination(1)
+    first, second = triaged_job(db_factory, ris, 1), triaged_job(db_factory, ris, 2)
+    with db_factory() as session:
+        assert job_study_uids(session, {first, second, 999}) == {
+            first: "1.2.826.0.1.3680043.8.498.55", second: "1.2.826.0.1.3680043.8.498.55"}
+        assert job_study_uids(session, set()) == {}
 
 
 @pytest.mark.parametrize("bad", ["AE", "AR", "CE", "WRONG-ID", "GARBLED", "CLOSE"])

@@ -35,10 +35,10 @@ from pacs_node.receiver import utc_now
 from storage import (
     HL7MessageRecord,
     due_hl7_messages,
-    hl7_study_context,
+    job_study_uids,
     record_hl7_attempt,
 )
-from storage.errors import ExportStateError, NotFoundError
+from storage.errors import ExportStateError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -102,14 +102,7 @@ class HL7Sender(PollingLoop):
         """
         with self.session_factory() as session:
             due = due_hl7_messages(session, self.clock())
-            studies: dict[int, str] = {}
-            for message in due:
-                if message.job_id not in studies:
-                    try:
-                        context = hl7_study_context(session, message.job_id)
-                        studies[message.job_id] = context.study_instance_uid
-                    except NotFoundError:
-                        studies[message.job_id] = "?"
+            studies = job_study_uids(session, {message.job_id for message in due})
         attempted = 0
         for message in due:
             if self.stopping:
