@@ -14,7 +14,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -392,15 +392,22 @@ def test_listener_down_leaves_the_message_pending_with_backoff_until_it_comes_up
     sender = HL7Sender(db_factory, destinations=[ris], policy=policy)
     before = datetime.now(timezone.utc)
     assert sender.poll_once() == 1
+    after = datetime.now(timezone.utc)
     down = only_message(db_factory, job_id)
     assert (down.state, down.attempt_count) == (HL7MessageState.PENDING, 1)
     assert "cannot connect" in down.last_error
-    assert down.next_attempt_at is not None and down.next_attempt_at >= before
+    first_delay = timedelta(seconds=0.3)
+    assert down.next_attempt_at is not None
+    assert before + first_delay <= down.next_attempt_at <= after + first_delay
     assert sender.poll_once() == 0  # not due before the backoff
     time.sleep(0.35)
+    before = datetime.now(timezone.utc)
     assert sender.poll_once() == 1  # second attempt, still down: the delay doubles
+    after = datetime.now(timezone.utc)
     second = only_message(db_factory, job_id)
     assert second.attempt_count == 2 and second.state is HL7MessageState.PENDING
+    assert second.next_attempt_at is not None
+    assert before + 2 * first_delay <= second.next_attempt_at <= after + 2 * first_delay
     with MLLPListener(port=port) as listener:
         send_all(sender, job_id, db_factory)
         (text,) = listener.messages()
