@@ -3,7 +3,8 @@
 Usage (from the repository root)::
 
     /work/venv/bin/python bench/inference.py [--model inference/bundled_model]
-        [--checkpoint RUN/last.pt] [--threads 2] [--repeat 10] [--profile]
+        [--checkpoint RUN/last.pt] [--kernels full|factorised] [--threads 2]
+        [--repeat 10] [--profile]
 
 Both runtimes get the same input: a phantom scan prepared for the model grid
 (:func:`inference.export.parity_input`). ONNX Runtime runs ``model.onnx`` of
@@ -16,6 +17,12 @@ computation does not depend on the weight values), in ``eval`` mode under
 
 Each runtime runs in its own child process so that its peak resident memory
 (``ru_maxrss``, including the interpreter and the loaded model) is its own.
+``--kernels`` compares architectures instead of runtimes of one model: it
+builds the manifest's levels with full ``3x3x3`` or (2+1)D blocks
+(:class:`inference.model.ConvBlock`), seeded weights, exports that network
+with :func:`inference.export.export_model` (parity check included) into a
+temporary model directory, and times it the same way.
+
 The result is one table: median and 90th-percentile latency over ``--repeat``
 calls after two warm-up calls, the ratio ONNX Runtime / torch of the
 medians (target <= 0.6), and the peak memory of each process.
@@ -133,11 +140,43 @@ def profile_ops(model_dir: Path, threads: int, repeat: int) -> list[tuple[str, f
     return [(op, float(ms)) for op, ms in per_op.most_common()]
 
 
+def seeded_model_dir(model_dir: Path, kernels: str, out: Path) -> Path:
+    """Export the manifest's architecture with ``kernels`` blocks and seeded weights.
+
+    Returns the model directory written in ``out``; its manifest records the
+    architecture, so the torch worker builds the same network.
+    """
+    import dataclasses
+
+    import torch
+
+    from inference.export import export_model, parity_input
+    from inference.manifest import Manifest
+    from inference.model import ModelConfig, build_model
+
+    manifest = Manifest.load(model_dir)
+    config = dataclasses.replace(
+        ModelConfig.from_dict(manifest.training["model_config"]),
+        factorised=kernels == "factorised",
+    )
+    manifest = dataclasses.replace(
+        manifest, training={**manifest.training, "model_config": config.to_dict()}
+    )
+    torch.manual_seed(0)
+    network = build_model(config).eval()
+    export_model(network, out, manifest, parity_tensor=parity_input(manifest, seed=7, matrix=96),
+                 overwrite=True)
+    return out
+
+
 def main() -> int:
     """Run both runtimes in child processes and print the comparison."""
     parser = argparse.ArgumentParser(description="ONNX Runtime vs torch CPU latency.")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--kernels", choices=("full", "factorised"),
+                        help="time the manifest's levels with these blocks and seeded "
+                        "weights instead of the model's own graph")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--json", action="store_true")
@@ -149,6 +188,19 @@ def main() -> int:
         print(json.dumps(worker(args.worker, args.model, args.checkpoint, args.threads,
                                 args.repeat)))
         return 0
+    if args.kernels:
+        import tempfile
+
+        if args.checkpoint:
+            parser.error("--kernels and --checkpoint exclude each other")
+        with tempfile.TemporaryDirectory(prefix="bench-kernels-") as tmp:
+            args.model = seeded_model_dir(args.model, args.kernels, Path(tmp) / "model")
+            return compare(args)
+    return compare(args)
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Time both runtimes on ``args.model`` in child processes and print the table."""
     results = {}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     for runtime in ("onnxruntime", "torch"):
@@ -165,7 +217,8 @@ def main() -> int:
     if args.json:
         print(json.dumps({"ratio_onnxruntime_over_torch": ratio, **results}, indent=1))
         return 0
-    print(f"model: {args.model}  input {results['torch']['input_shape']}  "
+    what = f"{args.kernels} blocks, seeded weights" if args.kernels else str(args.model)
+    print(f"model: {what}  input {results['torch']['input_shape']}  "
           f"threads {args.threads}  repeat {args.repeat}")
     print(f"{'runtime':<22}{'median ms':>10}{'p90 ms':>10}{'peak RSS MiB':>14}")
     for name, item in results.items():

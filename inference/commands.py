@@ -99,7 +99,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--grid", type=positive_int, nargs=3, metavar=("D", "H", "W"))
     train.add_argument("--spacing", type=float, nargs=3, metavar=("SLICE", "ROW", "COL"))
     train.add_argument("--channels", type=positive_int, nargs="+",
-                       help="encoder channels per level (default 8 16 48 96 192)")
+                       help="encoder channels per level, full resolution first "
+                       "(default 8 16 48 96 192)")
+    train.add_argument("--strides", type=stride_triple, nargs="+", metavar="DxHxW",
+                       help="downsampling stride into each level after the first "
+                       "(default 1x2x2 2x2x2 2x2x2 2x2x2)")
+    train.add_argument("--blocks", type=positive_int, nargs="+",
+                       help="convolution blocks per level (default 1 2 2 3 3)")
+    train.add_argument("--kernels", choices=("full", "factorised"), default="full",
+                       help="full: 3x3x3 convolutions (default, the bundled model's); "
+                       "factorised: (2+1)D blocks, an in-plane 1x3x3 then a through-plane "
+                       "3x1x1 convolution (ONNX Runtime runs them at about 0.4x torch's "
+                       "latency; see docs/model.md)")
     train.add_argument("--cache-only", action="store_true",
                        help="build the cache and stop")
     train.set_defaults(func=run_train)
@@ -151,6 +162,59 @@ def _configure_logging() -> None:
         )
 
 
+def stride_triple(text: str) -> tuple[int, int, int]:
+    """Parse a ``DxHxW`` stride such as ``2x2x2`` (argparse type)."""
+    parts = text.lower().split("x")
+    try:
+        values = tuple(int(part) for part in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected a stride like 2x2x2, not {text!r}")
+    return (values[0], values[1], values[2])
+
+
+def architecture(args: argparse.Namespace) -> Any:
+    """The :class:`~inference.model.ModelConfig` that ``train``'s options ask for.
+
+    Options left out take the bundled model's values when the number of
+    levels is the bundled model's; with another number of levels the strides
+    default to ``1x2x2`` then ``2x2x2``, the blocks to 1 then 2 per level.
+
+    Raises
+    ------
+    ValueError
+        If the options disagree (for example 4 strides for 3 levels).
+    """
+    from inference.model import ModelConfig
+
+    default = ModelConfig()
+    channels = tuple(args.channels) if args.channels else default.channels
+    n_levels = len(channels)
+    if args.strides:
+        strides = tuple(args.strides)
+    elif n_levels == len(default.channels):
+        strides = default.strides
+    else:
+        strides = ((1, 2, 2),) + ((2, 2, 2),) * (n_levels - 2)
+    if args.blocks:
+        blocks = tuple(args.blocks)
+    elif n_levels == len(default.channels):
+        blocks = default.blocks
+    else:
+        blocks = (1,) + (2,) * (n_levels - 1)
+    if len(strides) != n_levels - 1 or len(blocks) != n_levels:
+        raise ValueError(
+            f"{n_levels} levels need {n_levels - 1} --strides and {n_levels} --blocks, "
+            f"not {len(strides)} and {len(blocks)}"
+        )
+    return ModelConfig(
+        task=args.task, channels=channels, strides=strides, blocks=blocks,
+        factorised=args.kernels == "factorised",
+        classifier_grad_scale=args.classifier_grad_scale,
+    )
+
+
 def run_train(args: argparse.Namespace) -> int:
     """``deepsc-node train``: build the cache, then train (resumable)."""
     _configure_logging()
@@ -161,7 +225,6 @@ def run_train(args: argparse.Namespace) -> int:
         iter_phantom_cases,
     )
     from inference.export import DEFAULT_GRID_SHAPE, DEFAULT_SPACING_MM, build_manifest
-    from inference.model import ModelConfig
     from inference.train import TrainConfig, train
 
     grid = tuple(args.grid) if args.grid else DEFAULT_GRID_SHAPE
@@ -200,16 +263,11 @@ def run_train(args: argparse.Namespace) -> int:
     LOGGER.info("cache %s ready in %.0f s", cache_dir, time.perf_counter() - start)
     if args.cache_only:
         return 0
-    model_config = ModelConfig(task=args.task, classifier_grad_scale=args.classifier_grad_scale)
-    if args.channels:
-        n_levels = len(args.channels)
-        model_config = ModelConfig(
-            task=args.task,
-            channels=tuple(args.channels),
-            strides=((1, 2, 2),) + ((2, 2, 2),) * (n_levels - 2),
-            blocks=(1,) + (2,) * (n_levels - 1),
-            classifier_grad_scale=args.classifier_grad_scale,
-        )
+    try:
+        model_config = architecture(args)
+    except ValueError as exc:
+        print(f"deepsc-node train: {exc}", file=sys.stderr)
+        return 2
     config = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,

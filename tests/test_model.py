@@ -227,3 +227,45 @@ def test_classification_only_variant_of_the_bundled_size_fits_a_few_labelled_sca
         optimiser.step()
     assert first > 0.5
     assert float(loss.detach()) < 0.1
+
+
+def _kernels(net: torch.nn.Module) -> list[tuple[int, ...]]:
+    return [tuple(m.kernel_size) for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
+
+
+def test_factorised_blocks_split_each_convolution_into_in_plane_and_through_plane() -> None:
+    """(2+1)D: every block but the stem is 1x3x3 then 3x1x1, strides split the same
+    way, and the outputs keep the full network's shapes."""
+    factorised = build_model(ModelConfig(task="joint", factorised=True, **TINY))
+    full = build_model(ModelConfig(task="joint", **TINY))
+    assert ModelConfig().factorised is False  # the bundled model's 3x3x3 blocks
+    stem = factorised.encoder.levels[0][0][0]
+    assert tuple(stem.kernel_size) == (3, 3, 3)
+    kernels = _kernels(factorised)
+    assert kernels.count((1, 3, 3)) == kernels.count((3, 1, 1)) > 0
+    assert (3, 3, 3) not in kernels[1:-1]  # only the stem; the head is 1x1x1
+    assert set(_kernels(full)) == {(3, 3, 3), (1, 1, 1)}
+    down = factorised.encoder.levels[2][0]  # stride (2, 2, 2)
+    assert tuple(down[0].stride) == (1, 2, 2) and tuple(down[3].stride) == (2, 1, 1)
+    x = torch.randn(1, 1, *GRID)
+    for net in (factorised.eval(), full.eval()):
+        lesion, classes = net(x)
+        assert lesion.shape == (1, 1, *GRID) and classes.shape == (1, 3)
+    weights = sum(p.numel() for p in factorised.encoder.parameters())
+    assert weights < sum(p.numel() for p in full.encoder.parameters())
+
+
+def test_configs_written_before_factorised_blocks_load_as_full_kernels() -> None:
+    """Manifests and checkpoints written before the field (model 1.1.0 included)
+    have no "factorised" key: their weights must load into the 3x3x3 network
+    they were trained in."""
+    old = build_model(ModelConfig(task="joint", factorised=False, **TINY))
+    data = old.config.to_dict()
+    del data["factorised"]
+    config = ModelConfig.from_dict(data)
+    assert config.factorised is False
+    build_model(config).load_state_dict(old.state_dict())
+    with pytest.raises(RuntimeError):
+        build_model(ModelConfig.from_dict({**data, "factorised": True})).load_state_dict(
+            old.state_dict()
+        )

@@ -246,3 +246,33 @@ def test_command_defaults_are_the_train_config_defaults() -> None:
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     for key, value in TRAIN_DEFAULTS.items():
         assert defaults[key] == value, key
+
+
+def test_train_architecture_options() -> None:
+    """--strides/--blocks/--kernels reach the ModelConfig; defaults are the bundled
+    model's; a level count that disagrees is an error that says what is needed."""
+    import argparse
+
+    from inference.commands import architecture, stride_triple
+    from inference.model import ModelConfig
+
+    def args(**kw: object) -> argparse.Namespace:
+        values = dict(task="joint", channels=None, strides=None, blocks=None,
+                      kernels="full", classifier_grad_scale=0.1)
+        values.update(kw)
+        return argparse.Namespace(**values)
+
+    default = architecture(args())
+    assert default == ModelConfig(task="joint", classifier_grad_scale=0.1)
+    factorised = architecture(args(kernels="factorised", channels=[4, 8, 16]))
+    assert factorised.factorised is True
+    assert factorised.strides == ((1, 2, 2), (2, 2, 2)) and factorised.blocks == (1, 2, 2)
+    custom = architecture(args(channels=[4, 8, 16], strides=[(2, 2, 2), (1, 2, 2)],
+                               blocks=[1, 1, 2]))
+    assert custom.strides == ((2, 2, 2), (1, 2, 2)) and custom.blocks == (1, 1, 2)
+    with pytest.raises(ValueError, match="3 levels need 2 --strides"):
+        architecture(args(channels=[4, 8, 16], strides=[(2, 2, 2)]))
+    assert stride_triple("1x2X2") == (1, 2, 2)
+    for bad in ("2x2", "0x2x2", "axbxc"):
+        with pytest.raises(argparse.ArgumentTypeError, match="2x2x2"):
+            stride_triple(bad)

@@ -1,0 +1,53 @@
+"""``bench/inference.py --kernels``: the architecture it times is the one it says."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import onnx
+import pytest
+
+from inference.bundled_model import BUNDLED_MODEL_DIR
+from tests.e2e_fixtures import REPO_ROOT
+
+pytestmark = pytest.mark.torch
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_inference",
+                                                  REPO_ROOT / "bench" / "inference.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_inference"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def conv_kernels(model_dir: Path) -> list[tuple[int, ...]]:
+    graph = onnx.load(str(model_dir / "model.onnx")).graph
+    return [
+        tuple(attr.ints)
+        for node in graph.node if node.op_type == "Conv"
+        for attr in node.attribute if attr.name == "kernel_shape"
+    ]
+
+
+def test_kernels_option_exports_the_bundled_levels_with_factorised_blocks(
+    tmp_path: Path,
+) -> None:
+    bench = load_bench()
+    out = bench.seeded_model_dir(BUNDLED_MODEL_DIR, "factorised", tmp_path / "model")
+    manifest = json.loads((out / "manifest.json").read_text())
+    bundled = json.loads((BUNDLED_MODEL_DIR / "manifest.json").read_text())
+    config = manifest["training"]["model_config"]
+    assert config["factorised"] is True
+    for key in ("channels", "strides", "blocks"):
+        assert config[key] == bundled["training"]["model_config"][key]
+    kernels = conv_kernels(out)
+    assert kernels.count((1, 3, 3)) == kernels.count((3, 1, 1)) > 10
+    assert kernels.count((3, 3, 3)) == 1  # the stem
+    assert (1, 3, 3) not in conv_kernels(BUNDLED_MODEL_DIR)  # the bundled graph is 3x3x3
+    assert manifest["input"] == bundled["input"] and manifest["outputs"] == bundled["outputs"]
