@@ -238,6 +238,18 @@ def parse_rgb(css: str) -> tuple[int, int, int]:
     return r, g, b
 
 
+def assert_outline_drawn(where: str, seen: dict[str, Any], shape: dict[str, Any],
+                         ct_shot: Path) -> None:
+    """At least 200 pixels of the outline's stroke colour in the viewport's
+    screenshot, and almost none (<= 1 %) on the plain CT before anything was loaded."""
+    stroke = parse_rgb(shape["stroke"])
+    drawn = colour_pixels(Path(seen["screenshot"]), stroke, min_chroma=60.0)
+    before = colour_pixels(ct_shot, stroke, min_chroma=60.0)
+    print(f"{where}: {shape['points']} points, {drawn} pixels of {stroke} "
+          f"(plain CT {before}); {seen['svg']['text_lines']}")
+    assert drawn >= 200 and before <= 0.01 * drawn, (where, drawn, before)
+
+
 def segment_frames(seg: pydicom.Dataset, label: str) -> dict[str, int]:
     """``{source SOP Instance UID: segment pixels}`` for one segment of a SEG."""
     (number,) = [
@@ -288,13 +300,7 @@ def check_sr_drawing(
         lines = seen["svg"]["text_lines"]
         assert f"Area: {group['area_mm2']:.2f} mm2" in lines, (where, lines)
         assert f"Long axis: {group['long_axis_mm']:.2f} mm" in lines, (where, lines)
-        # Pixels of the annotation colour in the viewport, none on the plain CT.
-        stroke = parse_rgb(polyline["stroke"])
-        annotation = colour_pixels(Path(seen["screenshot"]), stroke, min_chroma=60.0)
-        before = colour_pixels(ct_shot, stroke, min_chroma=60.0)
-        print(f"{where}: {polyline['points']} points, {annotation} pixels of {stroke} "
-              f"(plain CT {before}); {lines}")
-        assert annotation >= 200 and before <= 0.01 * annotation, (where, annotation, before)
+        assert_outline_drawn(where, seen, polyline, ct_shot)
     print(f"browser {observed['elapsed_ms']} ms")
 
 
@@ -523,10 +529,5 @@ def test_stock_ohif_lists_the_outline_report_in_its_measurement_panel(
         assert contour["closed"] and contour["points"] == len(group["points"]) - 1, (where, contour)
         (area_line,) = [line for line in seen["svg"]["text_lines"] if line.startswith("Area: ")]
         assert float(area_line.split()[1]) == pytest.approx(group["area_mm2"], abs=0.5), area_line
-        stroke = parse_rgb(contour["stroke"])
-        drawn = colour_pixels(Path(seen["screenshot"]), stroke, min_chroma=60.0)
-        before = colour_pixels(ct_shot, stroke, min_chroma=60.0)
-        print(f"{where}: {contour['points']} points, {drawn} pixels of {stroke} "
-              f"(plain CT {before}); {seen['svg']['text_lines']}")
-        assert drawn >= 200 and before <= 0.01 * drawn, (where, drawn, before)
+        assert_outline_drawn(where, seen, contour, ct_shot)
     print(f"browser {observed['elapsed_ms']} ms")
