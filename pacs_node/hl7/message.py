@@ -212,7 +212,7 @@ def build_oru_r01(
     nte = _segment("NTE", ["1", "L", escape(RESEARCH_NOTE)])
     tq1_fields = [""] * 9
     tq1_fields[0] = "1"
-    tq1_fields[8] = HL7_PRIORITIES.get(decision.priority, HL7_PRIORITIES["routine"])
+    tq1_fields[8] = HL7_PRIORITIES[decision.priority]
     tq1 = _segment("TQ1", tq1_fields)
 
     observations: list[tuple[str, str, str, str, str, str]] = [
