@@ -48,11 +48,15 @@ the source. This module needs numpy/scipy/nibabel only (no torch).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +92,7 @@ __all__ = [
     "dataset_case_loaders",
     "prepare_case",
     "build_cache",
+    "default_cache_workers",
     "load_cache",
 ]
 
@@ -510,12 +515,88 @@ def _cache_meta(manifest: Manifest, source: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: Thread-pool variables set to 1 for the processes of a parallel cache build:
+#: each worker generates one scan at a time, and N workers with N BLAS/OpenMP
+#: threads each oversubscribe the cores (a spinning OpenBLAS pool makes that
+#: many times slower than one worker).
+SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def default_cache_workers() -> int:
+    """Processes for a cache build: one per core, at most 4 (memory of full-size scans)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Set :data:`SINGLE_THREAD_ENV` to 1 while worker processes are started."""
+    saved = {name: os.environ.get(name) for name in SINGLE_THREAD_ENV}
+    os.environ.update({name: "1" for name in SINGLE_THREAD_ENV})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _cache_case(path: Path, case: Case | Callable[[], Case], manifest: Manifest) -> str:
+    """Prepare one case and write it to ``path`` atomically; returns its id."""
+    if callable(case):
+        case = case()
+    start = time.perf_counter()
+    image, lesion, label = prepare_case(case, manifest)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, image=image, lesion=lesion, label=np.int64(label), case_id=case.case_id)
+    tmp.replace(path)
+    LOGGER.debug("cached %s in %.2f s", case.case_id, time.perf_counter() - start)
+    return case.case_id
+
+
+def _cache_in_processes(
+    pending: Sequence[tuple[int, Path, Case | Callable[[], Case]]],
+    manifest: Manifest,
+    workers: int,
+    progress: Callable[[int, str], None] | None,
+) -> None:
+    """:func:`_cache_case` for ``pending`` in ``workers`` spawned processes.
+
+    The first failure cancels the cases not started yet and is raised once
+    the running ones have finished (their files are complete: a resumed build
+    keeps them).
+    """
+    context = multiprocessing.get_context("spawn")
+    with _single_threaded_children():
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        try:
+            futures: dict[Future[str], int] = {
+                pool.submit(_cache_case, path, case, manifest): number
+                for number, path, case in pending
+            }
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    try:
+        remaining = set(futures)
+        while remaining:
+            done, remaining = wait(remaining, return_when=FIRST_EXCEPTION)
+            for future in done:
+                case_id = future.result()
+                if progress is not None:
+                    progress(futures[future], case_id)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def build_cache(
     cases: Iterable[Case | Callable[[], Case]],
     cache_dir: str | Path,
     manifest: Manifest,
     source: dict[str, Any],
     progress: Callable[[int, str], None] | None = None,
+    workers: int = 1,
 ) -> Path:
     """Write every case onto the model grid in ``cache_dir``.
 
@@ -536,7 +617,14 @@ def build_cache(
     source: dict
         What the cases are (recorded in ``cache.json``).
     progress: Callable[[int, str], None] | None, optional
-        Called after each case with its number and id.
+        Called after each case with its number and id (in the order the
+        cases finish when ``workers > 1``).
+    workers: int, optional
+        Processes that generate and prepare cases (default 1: this
+        process). More than one needs picklable cases, such as those of
+        :func:`iter_phantom_cases` and :func:`dataset_case_loaders`; each
+        worker runs its numerical libraries with one thread. The files are
+        the same whatever the number of workers.
 
     Returns
     -------
@@ -547,7 +635,11 @@ def build_cache(
     ------
     DatasetError
         If an existing cache was built for another grid or source.
+    ValueError
+        If ``workers`` is not a positive integer.
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError('Argument "workers" should be a positive integer.')
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     meta = _cache_meta(manifest, source)
@@ -561,20 +653,18 @@ def build_cache(
                 )
     else:
         meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    for number, case in enumerate(cases):
-        path = cache_dir / f"case_{number:05d}.npz"
-        if path.exists():
-            continue
-        if callable(case):
-            case = case()
-        start = time.perf_counter()
-        image, lesion, label = prepare_case(case, manifest)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, image=image, lesion=lesion, label=np.int64(label), case_id=case.case_id)
-        tmp.replace(path)
-        LOGGER.debug("cached %s in %.2f s", case.case_id, time.perf_counter() - start)
+    pending = (
+        (number, cache_dir / f"case_{number:05d}.npz", case)
+        for number, case in enumerate(cases)
+    )
+    pending = ((number, path, case) for number, path, case in pending if not path.exists())
+    if workers > 1:
+        _cache_in_processes(list(pending), manifest, workers, progress)
+        return cache_dir
+    for number, path, case in pending:
+        case_id = _cache_case(path, case, manifest)
         if progress is not None:
-            progress(number, case.case_id)
+            progress(number, case_id)
     return cache_dir
 
 

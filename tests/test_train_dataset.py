@@ -15,6 +15,7 @@ from inference.dataset import (
     case_seed,
     geometry_from_affine,
     iter_dataset_cases,
+    iter_phantom_cases,
     load_cache,
     load_nifti,
     phantom_case,
@@ -164,3 +165,45 @@ def test_phantom_cache_targets_sit_on_the_prepared_grid(tmp_path: Path) -> None:
         build_cache(iter(cases), tmp_path, other, source)
     with pytest.raises(DatasetError, match="no cache"):
         load_cache(tmp_path / "missing")
+
+
+def _failing_case() -> Case:
+    raise DatasetError("case 2 is unreadable")
+
+
+def test_parallel_cache_build_writes_the_same_files(tmp_path: Path) -> None:
+    manifest = make_manifest(shape=(16, 32, 32), spacing=(20.0, 12.0, 12.0))
+    source = {"kind": "phantoms", "seed": 11, "n": 4, "matrix": 64}
+    build_cache(iter_phantom_cases(11, range(4), matrix=64), tmp_path / "one", manifest, source)
+    seen: list[tuple[int, str]] = []
+    build_cache(iter_phantom_cases(11, range(4), matrix=64), tmp_path / "two", manifest, source,
+                progress=lambda n, c: seen.append((n, c)), workers=2)
+    assert sorted(seen) == [(n, f"phantom-11-{n}") for n in range(4)]
+    one, two = load_cache(tmp_path / "one"), load_cache(tmp_path / "two")
+    assert one.case_ids == two.case_ids
+    assert np.array_equal(one.images, two.images)
+    assert np.array_equal(one.lesions, two.lesions)
+    assert np.array_equal(one.labels, two.labels)
+    assert not list((tmp_path / "two").glob("*.tmp.npz"))
+
+
+def test_parallel_cache_build_raises_the_first_failure_and_resumes(tmp_path: Path) -> None:
+    manifest = make_manifest(shape=(16, 32, 32), spacing=(20.0, 12.0, 12.0))
+    source = {"kind": "phantoms", "seed": 11, "n": 3, "matrix": 64}
+    cases = list(iter_phantom_cases(11, range(3), matrix=64))
+    broken = [cases[0], cases[1], _failing_case]
+    with pytest.raises(DatasetError, match="case 2 is unreadable"):
+        build_cache(broken, tmp_path, manifest, source, workers=2)
+    assert not (tmp_path / "case_00002.npz").exists()
+    assert not list(tmp_path.glob("*.tmp.npz"))
+    done: list[int] = []
+    build_cache(cases, tmp_path, manifest, source, progress=lambda n, c: done.append(n),
+                workers=2)
+    assert 2 in done and len(load_cache(tmp_path)) == 3
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True])
+def test_cache_workers_must_be_a_positive_integer(tmp_path: Path, workers: object) -> None:
+    manifest = make_manifest(shape=(16, 32, 32), spacing=(20.0, 12.0, 12.0))
+    with pytest.raises(ValueError, match='"workers"'):
+        build_cache([], tmp_path, manifest, {"kind": "test"}, workers=workers)  # type: ignore[arg-type]
