@@ -141,6 +141,21 @@ def test_login_form_sets_an_httponly_session_cookie(api: ApiNode) -> None:
         assert client.get("/api/studies").status_code == 401
 
 
+def test_session_cookie_is_found_among_other_cookies(api: ApiNode) -> None:
+    with httpx.Client(base_url=api.base_url, timeout=10.0) as client:
+        client.post("/login", data={"token": api.token}, follow_redirects=False)
+        session = client.cookies["deepsc_session"]
+    header = f"theme=dark; deepsc_session={session};  viewer=ohif"
+    with httpx.Client(base_url=api.base_url, timeout=10.0) as client:
+        assert client.get("/api/studies", headers={"Cookie": header}).status_code == 200
+        spoofed = client.get("/api/studies",
+                             headers={"Cookie": f"xdeepsc_session={session}; theme=dark"})
+        assert spoofed.status_code == 401
+        stale = client.get("/api/studies", headers={"Cookie": "deepsc_session=" + session[::-1]})
+        assert stale.status_code == 401
+        assert 'error="invalid_token"' in stale.headers["www-authenticate"]
+
+
 def test_metrics_change_after_a_processed_study(api: ApiNode, tmp_path: Path) -> None:
     with api.client() as client:
         before = client.get("/metrics")

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from starlette.requests import HTTPConnection
+
 from config.http import MIN_TOKEN_LENGTH, to_token
 
 LOGGER = logging.getLogger(__name__)
@@ -171,24 +173,6 @@ def _read_token_file(path: Path) -> ApiToken:
     return ApiToken(token, str(path))
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
-def _cookie(scope: Scope, name: str) -> str | None:
-    header = _header(scope, b"cookie")
-    if not header:
-        return None
-    for item in header.split(";"):
-        key, sep, value = item.strip().partition("=")
-        if sep and key == name:
-            return value
-    return None
-
-
 def is_authorised(scope: Scope, token: ApiToken) -> tuple[bool, str | None]:
     """Check a request's credentials.
 
@@ -198,13 +182,14 @@ def is_authorised(scope: Scope, token: ApiToken) -> tuple[bool, str | None]:
         ``(True, None)``, or ``(False, error)`` where error is ``None`` when
         no credentials came and ``"invalid_token"`` when wrong ones came.
     """
-    header = _header(scope, b"authorization")
+    connection = HTTPConnection(scope)
+    header = connection.headers.get("authorization")
     if header is not None:
         scheme, _, credentials = header.strip().partition(" ")
         if scheme.lower() == "bearer" and token.matches(credentials.strip()):
             return True, None
         return False, "invalid_token"
-    cookie = _cookie(scope, SESSION_COOKIE)
+    cookie = connection.cookies.get(SESSION_COOKIE)
     if cookie is not None:
         if token.matches_session(cookie):
             return True, None
@@ -243,7 +228,7 @@ class TokenMiddleware:
         if (
             scope["path"] in PAGE_PATHS
             and scope.get("method") == "GET"
-            and _header(scope, b"authorization") is None
+            and "authorization" not in HTTPConnection(scope).headers
         ):  # a browser without (or with a stale) session: to the login form
             await _respond(send, 303, b"", [(b"location", b"/login")])
             return
