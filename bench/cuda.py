@@ -39,12 +39,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+
+from bench.timing import time_calls  # noqa: E402
 
 DEFAULT_MODEL = REPO_ROOT / "inference" / "bundled_model"
 CUDA = "CUDAExecutionProvider"
@@ -55,17 +56,6 @@ def _percentiles(times: list[float]) -> dict[str, float]:
     import numpy as np
 
     return {"median_s": float(np.median(times)), "p90_s": float(np.percentile(times, 90))}
-
-
-def _time(call: Callable[[], object], repeat: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def _session(model_dir: Path, provider: str, threads: int) -> Any:
@@ -88,7 +78,8 @@ def model_latency(model_dir: Path, threads: int, repeat: int) -> dict[str, Any]:
     result: dict[str, Any] = {"input_shape": list(x.shape)}
     for provider in (CUDA, CPU):
         session = _session(model_dir, provider, threads)
-        times = _time(lambda: session.run(x), repeat if provider == CUDA else max(3, repeat // 4))
+        times = time_calls(lambda: session.run(x), repeat if provider == CUDA else max(3, repeat // 4),
+                      warmup=3)
         result[provider] = _percentiles(times)
     result["ratio_cuda_over_cpu"] = result[CUDA]["median_s"] / result[CPU]["median_s"]
     return result

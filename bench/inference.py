@@ -35,13 +35,13 @@ import os
 import resource
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+
+from bench.timing import time_calls  # noqa: E402
 
 DEFAULT_MODEL = REPO_ROOT / "inference" / "bundled_model"
 
@@ -51,17 +51,6 @@ def _input(model_dir: Path) -> Any:
     from inference.manifest import Manifest
 
     return parity_input(Manifest.load(model_dir), seed=7, matrix=192)
-
-
-def _time(call: Callable[[], object], repeat: int) -> list[float]:
-    for _ in range(2):
-        call()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def worker(runtime: str, model_dir: Path, checkpoint: Path | None, threads: int,
@@ -75,7 +64,7 @@ def worker(runtime: str, model_dir: Path, checkpoint: Path | None, threads: int,
 
         session = load_model(model_dir, providers=["CPUExecutionProvider"],
                              intra_op_threads=threads, inter_op_threads=1)
-        times = _time(lambda: session.run(x), repeat)
+        times = time_calls(lambda: session.run(x), repeat)
         version = __import__("onnxruntime").__version__
     else:
         import torch
@@ -99,7 +88,7 @@ def worker(runtime: str, model_dir: Path, checkpoint: Path | None, threads: int,
             with torch.inference_mode():
                 model(tensor)
 
-        times = _time(call, repeat)
+        times = time_calls(call, repeat)
         version = torch.__version__
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {

@@ -36,6 +36,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pydicom
 
@@ -112,7 +113,9 @@ def measure(
         if args.model_dir:
             settings["model_dir"] = str(Path(args.model_dir).resolve())
         # The baseline revision predates the [http] table (issue 4): leave it out there.
-        tables = None if code_root == REPO_ROOT else {"http": None}
+        tables: dict[str, dict[str, Any] | None] | None = (
+            None if code_root == REPO_ROOT else {"http": None}
+        )
         node = NodeProcess(
             workdir / "node", destinations=[destination], settings=settings, tables=tables
         )

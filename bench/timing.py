@@ -1,0 +1,32 @@
+"""Wall-clock timing of repeated calls, shared by the benchmark scripts."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def time_calls(call: Callable[[], object], repeat: int, warmup: int = 2) -> list[float]:
+    """Seconds per call of ``repeat`` timed calls after ``warmup`` untimed ones.
+
+    Parameters
+    ----------
+    call: Callable[[], object]
+        What to time.
+    repeat: int
+        Timed calls.
+    warmup: int, optional
+        Untimed calls first (caches, lazy initialisation, cuDNN plans).
+
+    Returns
+    -------
+    list[float]
+        One duration per timed call, in order.
+    """
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
