@@ -49,6 +49,7 @@ from pacs_node.results.common import (
 from pacs_node.results.capture import BODY_PART_EXAMINED
 from pacs_node.results.contours import mask_outlines
 from pacs_node.results.drawing import LUNG_WINDOW
+from pacs_node.results.sc import select_key_slices
 from pacs_node.results.uids import check_uid_root, new_uid
 
 LOGGER = logging.getLogger(__name__)
@@ -80,15 +81,6 @@ MAX_ANNOTATED_IMAGES = 400
 MAX_OUTLINES_PER_IMAGE = 32
 
 _LESION_RGB = (230, 50, 50)
-
-
-def _annotated_slices(lesion_mask: np.ndarray, limit: int) -> list[int]:
-    counts = np.count_nonzero(lesion_mask.reshape(lesion_mask.shape[0], -1), axis=1)
-    slices = np.nonzero(counts)[0]
-    if slices.size > limit:
-        order = np.lexsort((slices, -counts[slices]))[:limit]
-        slices = np.sort(slices[order])
-    return [int(k) for k in slices]
 
 
 def build_presentation_state(
@@ -152,7 +144,10 @@ def build_presentation_state(
     )
     annotations = []
     outline_count = 0
-    for k in _annotated_slices(result.lesion_mask, max_annotated_images):
+    key_slices = select_key_slices(
+        result.lesion_mask, max_annotated_images, min_separation_mm=0.0
+    )  # the most lesion first; annotated in slice order
+    for k in sorted(k for k, _ in key_slices):
         outlines = mask_outlines(np.ascontiguousarray(result.lesion_mask[k]))
         outlines = outlines[:max_outlines_per_image]
         outline_count += len(outlines)
