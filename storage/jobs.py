@@ -30,9 +30,11 @@ __all__ = [
     "RECOVERED_REASON",
     "claim_next_job",
     "due_jobs",
+    "export_status_counts",
     "get_job",
     "heartbeat",
     "job_events",
+    "job_state_counts",
     "recover_after_restart",
     "status_overview",
     "transition_job",
@@ -346,6 +348,26 @@ def recover_after_restart(
     )
 
 
+def job_state_counts(session: Session) -> dict[JobState, int]:
+    """Jobs per state, every state present (0 where none)."""
+    counts = {state: 0 for state in JobState}
+    for state, count in session.execute(
+        select(JobRow.state, func.count()).group_by(JobRow.state)
+    ).all():
+        counts[JobState(state)] = int(count)
+    return counts
+
+
+def export_status_counts(session: Session) -> dict[ExportStatus, int]:
+    """Exports per status, every status present (0 where none)."""
+    counts = {status: 0 for status in ExportStatus}
+    for status, count in session.execute(
+        select(ExportRow.status, func.count()).group_by(ExportRow.status)
+    ).all():
+        counts[ExportStatus(status)] = int(count)
+    return counts
+
+
 def status_overview(session: Session, limit: int = 20) -> StatusOverview:
     """Counts per job state and export status, and the most recently changed jobs.
 
@@ -356,21 +378,11 @@ def status_overview(session: Session, limit: int = 20) -> StatusOverview:
     """
     if limit < 0:
         raise ValueError(f'Argument "limit" should be >= 0, got {limit}')
-    counts = {state: 0 for state in JobState}
-    for state, count in session.execute(
-        select(JobRow.state, func.count()).group_by(JobRow.state)
-    ).all():
-        counts[JobState(state)] = int(count)
-    export_counts = {status: 0 for status in ExportStatus}
-    for status, count in session.execute(
-        select(ExportRow.status, func.count()).group_by(ExportRow.status)
-    ).all():
-        export_counts[ExportStatus(status)] = int(count)
     recent = session.execute(
         _job_select().order_by(JobRow.updated_at.desc(), JobRow.id.desc()).limit(limit)
     ).all()
     return StatusOverview(
-        job_counts=counts,
+        job_counts=job_state_counts(session),
         recent_jobs=tuple(_to_job_record(row) for row in recent),
-        export_counts=export_counts,
+        export_counts=export_status_counts(session),
     )

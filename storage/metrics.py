@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session
 
 from storage.models import (
     ExportAttemptRow,
-    ExportRow,
     ExportStatus,
     InstanceRow,
     JobRow,
@@ -29,6 +28,7 @@ from storage.models import (
     StudyRow,
     TriageRow,
 )
+from storage.jobs import export_status_counts, job_state_counts
 from storage.states import JobState
 
 LOGGER = logging.getLogger(__name__)
@@ -149,14 +149,8 @@ def metrics_snapshot(session: Session, bounds: Sequence[float]) -> MetricsSnapsh
     def count(model: Any) -> int:
         return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
-    jobs = {state: 0 for state in JobState}
-    for state, n in session.execute(select(JobRow.state, func.count()).group_by(JobRow.state)):
-        jobs[JobState(state)] = int(n)
-    exports = {status: 0 for status in ExportStatus}
-    for status, n in session.execute(
-        select(ExportRow.status, func.count()).group_by(ExportRow.status)
-    ):
-        exports[ExportStatus(status)] = int(n)
+    jobs = job_state_counts(session)
+    exports = export_status_counts(session)
     attempts = dict(
         session.execute(
             select(ExportAttemptRow.success, func.count())
