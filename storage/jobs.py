@@ -12,8 +12,10 @@ count proves the claim (SQLite also serialises writers with
 
 from __future__ import annotations
 
+import enum
 import logging
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from sqlalchemy import Row, Select, func, select, update
 from sqlalchemy.orm import Session
@@ -23,6 +25,8 @@ from storage.models import ExportRow, ExportStatus, JobEventRow, JobRow, SeriesR
 from storage.records import JobEventRecord, JobRecord, RecoverySummary, StatusOverview
 from storage.states import JobState
 from storage.transitions import apply_transition, check_now
+
+_E = TypeVar("_E", bound=enum.Enum)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -348,24 +352,22 @@ def recover_after_restart(
     )
 
 
+def _counts_by(session: Session, column: Any, kinds: type[_E]) -> dict[_E, int]:
+    """Rows per value of ``column``, every member of ``kinds`` present (0 where none)."""
+    counts = {kind: 0 for kind in kinds}
+    for value, count in session.execute(select(column, func.count()).group_by(column)).all():
+        counts[kinds(value)] = int(count)
+    return counts
+
+
 def job_state_counts(session: Session) -> dict[JobState, int]:
     """Jobs per state, every state present (0 where none)."""
-    counts = {state: 0 for state in JobState}
-    for state, count in session.execute(
-        select(JobRow.state, func.count()).group_by(JobRow.state)
-    ).all():
-        counts[JobState(state)] = int(count)
-    return counts
+    return _counts_by(session, JobRow.state, JobState)
 
 
 def export_status_counts(session: Session) -> dict[ExportStatus, int]:
     """Exports per status, every status present (0 where none)."""
-    counts = {status: 0 for status in ExportStatus}
-    for status, count in session.execute(
-        select(ExportRow.status, func.count()).group_by(ExportRow.status)
-    ).all():
-        counts[ExportStatus(status)] = int(count)
-    return counts
+    return _counts_by(session, ExportRow.status, ExportStatus)
 
 
 def status_overview(session: Session, limit: int = 20) -> StatusOverview:
