@@ -50,6 +50,8 @@ from bench.timing import time_calls  # noqa: E402
 DEFAULT_MODEL = REPO_ROOT / "inference" / "bundled_model"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+#: The two sides of every measurement: result key -> execution provider.
+SIDES = {"cuda": CUDA, "cpu": CPU}
 
 
 def _percentiles(times: list[float]) -> dict[str, float]:
@@ -61,9 +63,8 @@ def _percentiles(times: list[float]) -> dict[str, float]:
 def _session(model_dir: Path, provider: str, threads: int) -> Any:
     from inference.session import load_model
 
-    providers = [CUDA, CPU] if provider == CUDA else [CPU]
-    session = load_model(model_dir, providers=providers, intra_op_threads=threads,
-                         inter_op_threads=1)
+    session = load_model(model_dir, providers=list(dict.fromkeys([provider, CPU])),
+                         intra_op_threads=threads, inter_op_threads=1)
     if session.provider != provider:
         raise RuntimeError(f"asked for {provider}, the session runs {session.provider}")
     return session
@@ -76,12 +77,11 @@ def model_latency(model_dir: Path, threads: int, repeat: int) -> dict[str, Any]:
 
     x = parity_input(Manifest.load(model_dir), seed=7, matrix=192)
     result: dict[str, Any] = {"input_shape": list(x.shape)}
-    for provider in (CUDA, CPU):
+    for side, provider in SIDES.items():
         session = _session(model_dir, provider, threads)
-        times = time_calls(lambda: session.run(x), repeat if provider == CUDA else max(3, repeat // 4),
-                      warmup=3)
-        result[provider] = _percentiles(times)
-    result["ratio_cuda_over_cpu"] = result[CUDA]["median_s"] / result[CPU]["median_s"]
+        calls = repeat if side == "cuda" else max(3, repeat // 4)
+        result[side] = _percentiles(time_calls(lambda: session.run(x), calls, warmup=3))
+    result["ratio_cuda_over_cpu"] = result["cuda"]["median_s"] / result["cpu"]["median_s"]
     return result
 
 
@@ -117,6 +117,7 @@ def pipeline_latency(model_dir: Path, slices: int, threads: int,
     """Read + volume + :class:`InferencePipeline` on a phantom series, CUDA and CPU."""
     import numpy as np
 
+    from inference.evaluate import dice_score
     from inference.pipeline import InferencePipeline
 
     out: dict[str, Any] = {"slices": slices}
@@ -125,25 +126,24 @@ def pipeline_latency(model_dir: Path, slices: int, threads: int,
         start = time.perf_counter()
         files = _write_series(slices, Path(tmp))
         out["phantom_seconds"] = time.perf_counter() - start
-        for provider in (CUDA, CPU):
+        for side, provider in SIDES.items():
             pipeline = InferencePipeline(_session(model_dir, provider, threads))
             _pipeline_once(files, pipeline)
             runs = [_pipeline_once(files, pipeline) for _ in range(repeat)]
-            best, results[provider] = min(runs, key=lambda item: item[0]["total"])
-            out[provider] = {k: round(v, 4) for k, v in best.items()}
-    cuda, cpu = results[CUDA], results[CPU]
-    both = np.logical_and(cuda.lesion_mask, cpu.lesion_mask).sum()
-    size = cuda.lesion_mask.sum() + cpu.lesion_mask.sum()
+            best, results[side] = min(runs, key=lambda item: item[0]["total"])
+            out[side] = {k: round(v, 4) for k, v in best.items()}
+    cuda, cpu = results["cuda"], results["cpu"]
+    dice = dice_score(cuda.lesion_mask, cpu.lesion_mask)
     out["agreement"] = {
         "max_abs_class_probability_difference": float(
             np.max(np.abs(np.asarray(cuda.class_probabilities)
                           - np.asarray(cpu.class_probabilities)))
         ),
-        "lesion_mask_dice": float(2 * both / size) if size else 1.0,
+        "lesion_mask_dice": 1.0 if dice is None else dice,
         "lesion_voxels_cuda": int(cuda.lesion_mask.sum()),
         "lesion_voxels_cpu": int(cpu.lesion_mask.sum()),
     }
-    out["ratio_cuda_over_cpu"] = out[CUDA]["total"] / out[CPU]["total"]
+    out["ratio_cuda_over_cpu"] = out["cuda"]["total"] / out["cpu"]["total"]
     return out
 
 
@@ -188,14 +188,14 @@ def main() -> int:
         return 0
     m, p = report["model_latency"], report["pipeline"]
     print(f"GPU {report['gpu']}  onnxruntime {report['onnxruntime']}  model {args.model}")
-    print(f"model, input {m['input_shape']}: CUDA {m[CUDA]['median_s'] * 1e3:.1f} ms "
-          f"(p90 {m[CUDA]['p90_s'] * 1e3:.1f}), CPU {args.threads} threads "
-          f"{m[CPU]['median_s'] * 1e3:.1f} ms; ratio CUDA / CPU {m['ratio_cuda_over_cpu']:.3f}")
+    print(f"model, input {m['input_shape']}: CUDA {m['cuda']['median_s'] * 1e3:.1f} ms "
+          f"(p90 {m['cuda']['p90_s'] * 1e3:.1f}), CPU {args.threads} threads "
+          f"{m['cpu']['median_s'] * 1e3:.1f} ms; ratio CUDA / CPU {m['ratio_cuda_over_cpu']:.3f}")
     print(f"pipeline, {p['slices']} x 512 x 512 series (seconds):")
-    stages = list(p[CUDA])
+    stages = list(p['cuda'])
     print(f"  {'stage':<12}{'CUDA':>9}{'CPU':>9}")
     for stage in stages:
-        print(f"  {stage:<12}{p[CUDA][stage]:>9.3f}{p[CPU][stage]:>9.3f}")
+        print(f"  {stage:<12}{p['cuda'][stage]:>9.3f}{p['cpu'][stage]:>9.3f}")
     print(f"  ratio CUDA / CPU (total): {p['ratio_cuda_over_cpu']:.3f}")
     print(f"  CUDA vs CPU: lesion-mask Dice {p['agreement']['lesion_mask_dice']:.4f}, max class "
           f"probability difference {p['agreement']['max_abs_class_probability_difference']:.2e}")

@@ -3,8 +3,8 @@
 CI has no GPU, so the CUDA measurement itself is run by hand on a GPU machine
 (its figures are in docs/performance.md). Here the script's refusal is
 checked for real, and its measuring code runs with the CPU provider standing
-in for CUDA (both sides then run the same session type, so the agreement
-must be exact and the ratio must be the quotient of the two medians).
+in for CUDA: two separate sessions of the same type, so their results must
+agree exactly, and each ratio must be the quotient of the two sides' figures.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def load_bench() -> ModuleType:
 def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """The script's module with the CPU provider standing in for CUDA."""
     module = load_bench()
-    monkeypatch.setattr(module, "CUDA", "CPUExecutionProvider")
+    monkeypatch.setitem(module.SIDES, "cuda", "CPUExecutionProvider")
     return module
 
 
@@ -58,10 +58,24 @@ def test_without_cuda_the_script_says_so_and_exits_2() -> None:
 
 def test_model_latency_ratio_is_the_quotient_of_the_medians(bench: ModuleType) -> None:
     result = bench.model_latency(BUNDLED_MODEL_DIR, threads=1, repeat=4)
-    cpu = result["CPUExecutionProvider"]
     assert result["input_shape"] == [1, 1, 64, 96, 96]
-    assert 0 < cpu["median_s"] <= cpu["p90_s"]
-    assert result["ratio_cuda_over_cpu"] == pytest.approx(1.0)
+    for side in ("cuda", "cpu"):
+        assert 0 < result[side]["median_s"] <= result[side]["p90_s"]
+    assert result["ratio_cuda_over_cpu"] == pytest.approx(
+        result["cuda"]["median_s"] / result["cpu"]["median_s"]
+    )
+
+
+def test_pipeline_latency_compares_two_separate_runs(bench: ModuleType) -> None:
+    result = bench.pipeline_latency(BUNDLED_MODEL_DIR, slices=24, threads=1, repeat=1)
+    agreement = result["agreement"]
+    assert agreement["lesion_voxels_cuda"] == agreement["lesion_voxels_cpu"]
+    assert agreement["lesion_mask_dice"] == 1.0
+    assert agreement["max_abs_class_probability_difference"] == 0.0
+    assert result["ratio_cuda_over_cpu"] == pytest.approx(
+        result["cuda"]["total"] / result["cpu"]["total"]
+    )
+    assert result["cuda"]["total"] > 0 and result["cpu"]["total"] > 0
 
 
 def test_pipeline_stages_cover_read_to_analysis(bench: ModuleType, tmp_path: Path) -> None:
