@@ -56,7 +56,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -556,7 +556,7 @@ def _cache_case(path: Path, case: Case | Callable[[], Case], manifest: Manifest)
 
 
 def _cache_in_processes(
-    pending: Sequence[tuple[int, Path, Case | Callable[[], Case]]],
+    pending: Iterable[tuple[int, Path, Case | Callable[[], Case]]],
     manifest: Manifest,
     workers: int,
     progress: Callable[[int, str], None] | None,
@@ -568,24 +568,17 @@ def _cache_in_processes(
     keeps them).
     """
     context = multiprocessing.get_context("spawn")
-    with _single_threaded_children():
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
-        try:
-            futures: dict[Future[str], int] = {
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    try:
+        with _single_threaded_children():  # the workers start on submit
+            futures = {
                 pool.submit(_cache_case, path, case, manifest): number
                 for number, path, case in pending
             }
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-    try:
-        remaining = set(futures)
-        while remaining:
-            done, remaining = wait(remaining, return_when=FIRST_EXCEPTION)
-            for future in done:
-                case_id = future.result()
-                if progress is not None:
-                    progress(futures[future], case_id)
+        for future in as_completed(futures):
+            case_id = future.result()
+            if progress is not None:
+                progress(futures[future], case_id)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -653,13 +646,12 @@ def build_cache(
                 )
     else:
         meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    pending = (
-        (number, cache_dir / f"case_{number:05d}.npz", case)
-        for number, case in enumerate(cases)
+    paths = (
+        (number, cache_dir / f"case_{number:05d}.npz", case) for number, case in enumerate(cases)
     )
-    pending = ((number, path, case) for number, path, case in pending if not path.exists())
+    pending = ((number, path, case) for number, path, case in paths if not path.exists())
     if workers > 1:
-        _cache_in_processes(list(pending), manifest, workers, progress)
+        _cache_in_processes(pending, manifest, workers, progress)
         return cache_dir
     for number, path, case in pending:
         case_id = _cache_case(path, case, manifest)
