@@ -212,8 +212,8 @@ class ConvBlock(nn.Sequential):
     Factorised ("(2+1)D", as in R(2+1)D networks and the in-plane kernels of
     nnU-Net for anisotropic grids), the block is an in-plane
     ``Conv3d(1x3x3)`` followed by a through-plane ``Conv3d(3x1x1)``, each with
-    its batch norm and LeakyReLU: the same 3 x 3 x 3 receptive field with a
-    third of the weights and, on this CPU, about half the work.
+    its batch norm and LeakyReLU: the same 3 x 3 x 3 receptive field with
+    12/27 of the weights and multiply-adds (for equal channel counts).
 
     Parameters
     ----------
