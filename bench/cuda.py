@@ -45,19 +45,13 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.timing import time_calls  # noqa: E402
+from bench.timing import median_p90, time_calls  # noqa: E402
 
 DEFAULT_MODEL = REPO_ROOT / "inference" / "bundled_model"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 #: The two sides of every measurement: result key -> execution provider.
 SIDES = {"cuda": CUDA, "cpu": CPU}
-
-
-def _percentiles(times: list[float]) -> dict[str, float]:
-    import numpy as np
-
-    return {"median_s": float(np.median(times)), "p90_s": float(np.percentile(times, 90))}
 
 
 def _session(model_dir: Path, provider: str, threads: int) -> Any:
@@ -80,7 +74,7 @@ def model_latency(model_dir: Path, threads: int, repeat: int) -> dict[str, Any]:
     for side, provider in SIDES.items():
         session = _session(model_dir, provider, threads)
         calls = repeat if side == "cuda" else max(3, repeat // 4)
-        result[side] = _percentiles(time_calls(lambda: session.run(x), calls, warmup=3))
+        result[side] = median_p90(time_calls(lambda: session.run(x), calls, warmup=3))
     result["ratio_cuda_over_cpu"] = result["cuda"]["median_s"] / result["cpu"]["median_s"]
     return result
 

@@ -41,7 +41,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.timing import time_calls  # noqa: E402
+from bench.timing import median_p90, time_calls  # noqa: E402
 
 DEFAULT_MODEL = REPO_ROOT / "inference" / "bundled_model"
 
@@ -95,8 +95,7 @@ def worker(runtime: str, model_dir: Path, checkpoint: Path | None, threads: int,
         "runtime": runtime,
         "version": version,
         "times_s": times,
-        "median_s": float(np.median(times)),
-        "p90_s": float(np.percentile(times, 90)),
+        **median_p90(times),
         "peak_rss_mib": peak_kib / 1024.0,
         "input_shape": list(x.shape),
     }

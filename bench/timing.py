@@ -30,3 +30,10 @@ def time_calls(call: Callable[[], object], repeat: int, warmup: int = 2) -> list
         call()
         times.append(time.perf_counter() - start)
     return times
+
+
+def median_p90(times: list[float]) -> dict[str, float]:
+    """``{"median_s": ..., "p90_s": ...}`` of durations in seconds."""
+    import numpy as np
+
+    return {"median_s": float(np.median(times)), "p90_s": float(np.percentile(times, 90))}
