@@ -52,6 +52,7 @@ __all__ = [
     "select_device",
     "learning_rate",
     "use_bf16",
+    "cpu_has_native_bf16",
     "coupling_scale",
     "augment_batch",
     "validate",
@@ -202,9 +203,22 @@ def use_bf16(precision: str, device: torch.device) -> bool:
         return precision == "bf16"
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
+    return cpu_has_native_bf16()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bfloat16 in hardware (AVX512-BF16 or AMX).
+
+    oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) is
+    also true on plain AVX-512 CPUs, where it emulates bf16: there a step
+    took 1.85 s against 1.0 s in fp32 (the (2+1)D network on a 2-core Xeon
+    whose hypervisor hides AMX), so ``"auto"`` asks for the instructions.
+    """
+    checks = [getattr(torch.cpu, name, None)
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
+        return any(bool(check()) for check in checks if check is not None)
+    except RuntimeError:
         return False
 
 

@@ -20,6 +20,7 @@ from inference.train import (
     augment_batch,
     calibrate_threshold,
     coupling_scale,
+    cpu_has_native_bf16,
     learning_rate,
     select_threshold,
     train,
@@ -160,10 +161,27 @@ def test_precision_and_coupling_schedule() -> None:
     cpu = torch.device("cpu")
     assert use_bf16("fp32", cpu) is False
     assert use_bf16("bf16", cpu) is True
-    assert isinstance(use_bf16("auto", cpu), bool)
+    assert use_bf16("auto", cpu) is cpu_has_native_bf16()
     config = TrainConfig(steps=100, coupling_ramp=(0.2, 0.6))
     scales = [coupling_scale(s, config) for s in (0, 19, 20, 40, 60, 99)]
     assert scales == pytest.approx([0.0, 0.0, 0.0, 0.5, 1.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "expected"),
+    [(False, False, False), (True, False, True), (False, True, True)],
+)
+def test_auto_precision_asks_for_bf16_instructions_not_onednn_emulation(
+    monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool, expected: bool
+) -> None:
+    # oneDNN reports bf16 support on any AVX-512 CPU (emulated, slower than
+    # fp32); "auto" must follow the instruction checks only.
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True,
+                        raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert cpu_has_native_bf16() is expected
+    assert use_bf16("auto", torch.device("cpu")) is expected
 
 
 def test_threshold_calibration_picks_the_best_validation_threshold(cache_dir: Path) -> None:
