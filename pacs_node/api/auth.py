@@ -228,7 +228,7 @@ class TokenMiddleware:
         if (
             scope["path"] in PAGE_PATHS
             and scope.get("method") == "GET"
-            and "authorization" not in HTTPConnection(scope).headers
+            and not _has_authorization_header(scope)
         ):  # a browser without (or with a stale) session: to the login form
             await _respond(send, 303, b"", [(b"location", b"/login")])
             return
@@ -242,6 +242,11 @@ class TokenMiddleware:
             body,
             [(b"www-authenticate", challenge.encode()), (b"content-type", b"application/json")],
         )
+
+
+def _has_authorization_header(scope: Scope) -> bool:
+    """Whether the request sent an Authorization header (ASGI header names are lower-case)."""
+    return any(name == b"authorization" for name, _ in scope.get("headers", ()))
 
 
 async def _respond(
