@@ -376,10 +376,21 @@ def training_summary(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "loss": "task-aware: uncertainty-weighted (Dice+BCE) and CE plus lesion/class coupling",
         "validation_model_grid": validation[-1],
         "lesion_threshold_calibration": checkpoint.get("threshold_scores", {}),
+        "precision": _training_precision(checkpoint, config),
         "framework": f"torch {checkpoint.get('torch_version', '?')}",
         "model_config": checkpoint["model_config"],
         "command": checkpoint.get("extra", {}).get("command", ""),
     }
+
+
+def _training_precision(checkpoint: dict[str, Any], config: dict[str, Any]) -> str:
+    """``"bf16"`` (autocast forward pass) or ``"fp32"``; ``"not recorded"`` for
+    checkpoints written before train recorded it, unless the run forced one."""
+    recorded = checkpoint.get("precision")
+    if recorded in ("bf16", "fp32"):
+        return str(recorded)
+    forced = config.get("precision")
+    return str(forced) if forced in ("bf16", "fp32") else "not recorded"
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

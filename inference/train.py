@@ -526,6 +526,9 @@ def train(
                 "optimizer_state": optimizer.state_dict(),
                 "step": step,
                 "train_seconds": elapsed,
+                # What autocast really did in the session that wrote the checkpoint
+                # (the config may say "auto").
+                "precision": "bf16" if bf16 else "fp32",
                 "history": history,
                 "validation": validation,
                 "grid": cache.meta["grid"],

@@ -178,6 +178,7 @@ def test_export_command_from_a_checkpoint(
     assert manifest.model_version == "0.0.9"
     assert manifest.training["task"] == "joint"
     assert "9 synthetic chest-CT phantoms" in manifest.training["data"]
+    assert manifest.training["precision"] == "not recorded"  # a checkpoint from before
     assert manifest.grid.shape == GRID
     assert main(["export", "--checkpoint", str(path), "--out", str(out)]) == 1
     assert "exists" in capsys.readouterr().err
@@ -185,3 +186,13 @@ def test_export_command_from_a_checkpoint(
     torch.save({"format": "something else"}, str(bad))
     with pytest.raises(ExportError, match="not a deepsc-node"):
         load_checkpoint_network(bad)
+
+
+def test_manifest_records_the_training_precision() -> None:
+    from inference.commands import _training_precision
+
+    assert _training_precision({"precision": "bf16"}, {"precision": "auto"}) == "bf16"
+    assert _training_precision({"precision": "fp32"}, {"precision": "auto"}) == "fp32"
+    # older checkpoints: only a forced precision is known
+    assert _training_precision({}, {"precision": "fp32"}) == "fp32"
+    assert _training_precision({}, {"precision": "auto"}) == "not recorded"

@@ -248,6 +248,10 @@ def test_train_command_on_a_dataset_directory(tmp_path: Path) -> None:
     checkpoint = torch.load(str(out / "last.pt"), weights_only=False)
     assert checkpoint["model_config"]["channels"] == [4, 8, 16]
     assert checkpoint["data"]["train_cases"] == 3
+    # what autocast really did, for the manifest (the command said "auto")
+    assert checkpoint["precision"] == (
+        "bf16" if use_bf16("auto", torch.device("cpu")) else "fp32"
+    )
     broken = subprocess.run(
         [sys.executable, "-m", "pacs_node.cli", "train", "--data", str(tmp_path / "none"),
          "--out", str(out)],
