@@ -73,15 +73,16 @@ def worker(runtime: str, model_dir: Path, checkpoint: Path | None, threads: int,
         from inference.model import ModelConfig, ProbabilityModel, build_model
 
         torch.set_num_threads(threads)
+        manifest = Manifest.load(model_dir)
         if checkpoint is not None:
             from inference.export import load_checkpoint_network
 
             network, _ = load_checkpoint_network(checkpoint)
         else:
-            manifest = Manifest.load(model_dir)
             torch.manual_seed(0)
             network = build_model(ModelConfig.from_dict(manifest.training["model_config"]))
-        model = ProbabilityModel(network.eval()).eval()
+        # the same graph as model.onnx, the lesion gate included
+        model = ProbabilityModel(network.eval(), gate_class=manifest.lesion_gate).eval()
         tensor = torch.from_numpy(np.ascontiguousarray(x))
 
         def call() -> None:

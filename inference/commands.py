@@ -155,6 +155,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--tolerance", type=float, default=1e-4)
     export.add_argument("--parity-seed", type=int, default=7)
     export.add_argument("--overwrite", action="store_true")
+    export.add_argument(
+        "--lesion-gate", action=argparse.BooleanOptionalAction, default=None,
+        help="multiply the lesion map by 1 - P(no pneumonia) inside the graph, so that a "
+        "scan the classifier calls no pneumonia gets no lesions (default: on for joint "
+        "checkpoints; single-task checkpoints have no classifier to gate with)",
+    )
     export.set_defaults(func=run_export)
 
 
@@ -325,6 +331,12 @@ def run_export(args: argparse.Namespace) -> int:
     except ExportError as exc:
         print(f"deepsc-node export: {exc}", file=sys.stderr)
         return 1
+    joint = checkpoint["model_config"]["task"] == "joint"
+    gate = joint if args.lesion_gate is None else bool(args.lesion_gate)
+    if gate and not joint:
+        print("deepsc-node export: --lesion-gate needs a joint checkpoint, not task "
+              f'"{checkpoint["model_config"]["task"]}"', file=sys.stderr)
+        return 1
     manifest = build_manifest(
         grid_shape=tuple(checkpoint["grid"]["shape"]),
         spacing_mm=tuple(checkpoint["grid"]["spacing_mm"]),
@@ -333,6 +345,7 @@ def run_export(args: argparse.Namespace) -> int:
         model_version=args.model_version,
         training=training_summary(checkpoint),
         lesion_threshold=select_threshold(checkpoint.get("threshold_scores") or {}),
+        lesion_gate="no_pneumonia" if gate else None,
     )
     try:
         report = export_model(
@@ -373,7 +386,7 @@ def training_summary(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "batch_size": config.get("batch_size"),
         "train_seconds": round(float(checkpoint.get("train_seconds", 0.0)), 1),
         "seed": config.get("seed"),
-        "loss": "task-aware: uncertainty-weighted (Dice+BCE) and CE plus lesion/class coupling",
+        "loss": _loss_summary(checkpoint["model_config"]["task"], config),
         "validation_model_grid": validation[-1],
         "lesion_threshold_calibration": checkpoint.get("threshold_scores", {}),
         "precision": _training_precision(checkpoint, config),
@@ -381,6 +394,22 @@ def training_summary(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "model_config": checkpoint["model_config"],
         "command": checkpoint.get("extra", {}).get("command", ""),
     }
+
+
+def _loss_summary(task: str, config: dict[str, Any]) -> str:
+    """The manifest's one-line description of the training loss."""
+    if task == "segmentation":
+        return "segmentation only: Dice + BCE"
+    if task == "classification":
+        return "classification only: cross-entropy"
+    weights = "fixed" if config.get("adaptive_weights") is False else "uncertainty-weighted"
+    coupling = config.get("coupling_weight")
+    text = f"task-aware: {weights} (Dice+BCE) and CE"
+    if coupling == 0:
+        return text + ", no coupling term"
+    if coupling is None:
+        return text + " plus lesion/class coupling"
+    return text + f" plus lesion/class coupling (weight {coupling:g})"
 
 
 def _training_precision(checkpoint: dict[str, Any], config: dict[str, Any]) -> str:

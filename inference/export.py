@@ -119,6 +119,7 @@ def build_manifest(
     training: Mapping[str, Any] | None = None,
     lesion_threshold: float = 0.5,
     placement: str = "lung_center",
+    lesion_gate: str | None = None,
 ) -> Manifest:
     """The manifest of a model with this grid and intensity window.
 
@@ -139,6 +140,10 @@ def build_manifest(
         Probability threshold of the lesion mask.
     placement: str
         Grid placement (``"lung_center"`` or ``"volume_center"``).
+    lesion_gate: str | None
+        Class key that gates the lesion map inside the graph
+        (``"no_pneumonia"``, joint networks only; see
+        :class:`inference.model.ProbabilityModel`), or ``None``.
 
     Returns
     -------
@@ -177,6 +182,7 @@ def build_manifest(
         "training": dict(training or {}),
         "intended_use": RESEARCH_USE_STATEMENT
         + " It will not transfer to real CT without training on site data.",
+        "lesion_gate": lesion_gate,
     }
     return Manifest.from_dict(json.loads(json.dumps(data)))
 
@@ -318,7 +324,8 @@ def export_model(
     Raises
     ------
     ValueError
-        If the manifest does not fit the network.
+        If the manifest does not fit the network (grid, classes, or a
+        ``lesion_gate`` on a single-task network).
     FileExistsError
         If the directory holds a model and ``overwrite`` is false.
     ExportError
@@ -340,7 +347,7 @@ def export_model(
             f"not {parity_tensor.shape}."
         )
     network = network.to("cpu").eval()
-    wrapper = ProbabilityModel(network).eval()
+    wrapper = ProbabilityModel(network, gate_class=manifest.lesion_gate).eval()
     dummy = torch.zeros((1, 1, *shape), dtype=torch.float32)
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix=".export-") as tmp:

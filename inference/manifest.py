@@ -40,7 +40,8 @@ A model directory holds exactly two files the node reads:
             {"label": "Lung", "source": "hu_lung_extraction", ...}
           ],
           "training": {"data": "synthetic chest-CT phantoms ...", ...},
-          "intended_use": "Research use only, not for diagnosis. ..."
+          "intended_use": "Research use only, not for diagnosis. ...",
+          "lesion_gate": "no_pneumonia"
         }
 
 Model input
@@ -61,6 +62,12 @@ Outputs (roles)
 Segment sources
     ``lesion_probability`` / ``lung_probability`` (a model output, thresholded
     at ``lesion_threshold``) or ``hu_lung_extraction`` (numpy post-processing).
+Lesion gate (optional)
+    ``lesion_gate``: absent or ``null`` (the lesion output is the lesion
+    subnet's map), or a class key: the graph multiplies the lesion map by
+    ``1 - class_probabilities[key]`` (:class:`inference.model.ProbabilityModel`),
+    so that a scan called ``"no_pneumonia"`` gets no lesions. The graph does
+    the gating; the node reads the key to report it.
 """
 from __future__ import annotations
 
@@ -285,6 +292,7 @@ class Manifest:
     segments: tuple[SegmentSpec, ...]
     training: dict[str, Any] = field(default_factory=dict)
     intended_use: str = RESEARCH_USE_STATEMENT
+    lesion_gate: str | None = None
 
     # ------------------------------------------------------------------
     def output(self, role: str) -> TensorSpec | None:
@@ -411,6 +419,11 @@ class Manifest:
         training = data.get("training", {})
         if not isinstance(training, Mapping):
             raise ManifestError("training", "should be a JSON object")
+        gate = data.get("lesion_gate")
+        if gate is not None and gate not in {c.key for c in classes}:
+            raise ManifestError(
+                "lesion_gate", f"should be null or one of the class keys {[c.key for c in classes]}"
+            )
         return cls(
             model_name=_str(data, "model_name", ""),
             model_version=_str(data, "model_version", ""),
@@ -424,6 +437,7 @@ class Manifest:
             segments=segments,
             training=dict(training),
             intended_use=_str(data, "intended_use", ""),
+            lesion_gate=gate,
         )
 
     @classmethod
@@ -459,7 +473,7 @@ class Manifest:
                 out["layout"] = spec.layout
             return out
 
-        return {
+        data: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
             "format_version": MANIFEST_FORMAT_VERSION,
             "model_name": self.model_name,
@@ -484,6 +498,9 @@ class Manifest:
             "training": dict(self.training),
             "intended_use": self.intended_use,
         }
+        if self.lesion_gate is not None:
+            data["lesion_gate"] = self.lesion_gate
+        return data
 
     def save(self, path: str | Path) -> Path:
         """Write ``manifest.json`` (``path`` may be the model directory)."""

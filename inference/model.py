@@ -34,7 +34,8 @@ Classification subnet (:class:`LesionAttentionClassifier`)
 
 The network returns *logits*. :class:`ProbabilityModel` wraps it for export
 (sigmoid and softmax inside the graph), so the ONNX outputs are the
-probabilities the model contract asks for.
+probabilities the model contract asks for; for a joint network it can gate
+the lesion map by the classifier's "no pneumonia" probability.
 
 ``task`` selects the ablation variants trained with the same budget:
 ``"segmentation"`` (encoder + decoder; its class output is the constant
@@ -510,20 +511,54 @@ class DeepSCNet(nn.Module):
 class ProbabilityModel(nn.Module):
     """Export wrapper: sigmoid and softmax inside the graph.
 
+    With ``gate_class`` the lesion probability is gated by the classifier:
+    ``P_out = sigmoid(z) * (1 - softmax(c)[gate_class])``, i.e. the lesion
+    subnet's map times the probability that the scan is *not* of the gate
+    class (``"no_pneumonia"``: the probability of pneumonia). A scan the
+    classifier calls "no pneumonia" then gets an (almost) empty lesion map,
+    a scan it calls COVID-19 or CAP keeps the lesion subnet's map (the factor
+    is close to 1). Parameter-free, so it applies to any joint checkpoint.
+
     Parameters
     ----------
     network: DeepSCNet
         The trained network (put in ``eval()`` mode by the caller).
+    gate_class: str | None, optional
+        Key in :data:`CLASS_KEYS` of the gating class; ``None`` (default):
+        no gate.
+
+    Raises
+    ------
+    ValueError
+        If ``gate_class`` is not a class key, or the network is not a joint
+        network (a single-task network has no classifier to gate with).
     """
 
-    def __init__(self, network: DeepSCNet) -> None:
+    def __init__(self, network: DeepSCNet, gate_class: str | None = None) -> None:
         super().__init__()
         self.network = network
+        self.gate_index: int | None = None
+        if gate_class is not None:
+            if gate_class not in CLASS_KEYS[: network.config.n_classes]:
+                raise ValueError(
+                    f'Argument "gate_class" should be one of {CLASS_KEYS}, not {gate_class!r}.'
+                )
+            if network.config.task != "joint":
+                raise ValueError(
+                    'Argument "gate_class" needs a joint network, '
+                    f'not task "{network.config.task}".'
+                )
+            self.gate_index = CLASS_KEYS.index(gate_class)
 
     def forward(self, ct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(lesion_probability [N,1,D,H,W], class_probabilities [N,K])``."""
         lesion_logits, class_logits = self.network(ct)
-        return torch.sigmoid(lesion_logits), torch.softmax(class_logits, dim=1)
+        lesion = torch.sigmoid(lesion_logits)
+        classes = torch.softmax(class_logits, dim=1)
+        if self.gate_index is not None:
+            keep = 1.0 - classes[:, self.gate_index]
+            lesion = lesion * keep[:, None, None, None, None]
+        return lesion, classes
 
 
 def build_model(config: ModelConfig | dict[str, Any] | None = None) -> DeepSCNet:

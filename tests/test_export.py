@@ -180,6 +180,13 @@ def test_export_command_from_a_checkpoint(
     assert "9 synthetic chest-CT phantoms" in manifest.training["data"]
     assert manifest.training["precision"] == "not recorded"  # a checkpoint from before
     assert manifest.grid.shape == GRID
+    assert manifest.lesion_gate == "no_pneumonia"  # joint checkpoints are gated by default
+    assert json.loads((out / "manifest.json").read_text())["lesion_gate"] == "no_pneumonia"
+    assert manifest.training["loss"].startswith("task-aware: uncertainty-weighted")
+    ungated = tmp_path / "ungated"
+    assert main(["export", "--checkpoint", str(path), "--out", str(ungated), "--no-lesion-gate"]) == 0
+    assert Manifest.load(ungated).lesion_gate is None
+    assert "lesion_gate" not in json.loads((ungated / "manifest.json").read_text())
     assert main(["export", "--checkpoint", str(path), "--out", str(out)]) == 1
     assert "exists" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
@@ -196,3 +203,59 @@ def test_manifest_records_the_training_precision() -> None:
     # older checkpoints: only a forced precision is known
     assert _training_precision({}, {"precision": "fp32"}) == "fp32"
     assert _training_precision({}, {"precision": "auto"}) == "not recorded"
+
+
+def test_lesion_gate_multiplies_the_map_by_the_pneumonia_probability(
+    tmp_path: Path, phantom_tensor: np.ndarray
+) -> None:
+    gated = build_manifest(grid_shape=GRID, spacing_mm=SPACING, lesion_gate="no_pneumonia")
+    network = _network()
+    # A lesion decoder that calls every voxel a lesion, so that the gate is what moves the map.
+    with torch.no_grad():
+        network.decoder.head.bias.fill_(8.0)
+    export_model(network, tmp_path, gated, parity_tensor=phantom_tensor)
+    assert Manifest.load(tmp_path).lesion_gate == "no_pneumonia"
+    outputs = load_model(tmp_path, providers=["CPUExecutionProvider"]).run(phantom_tensor)
+    with torch.no_grad():
+        lesion, classes = network(torch.from_numpy(phantom_tensor))
+    p_classes = torch.softmax(classes, 1).numpy()
+    expected = torch.sigmoid(lesion).numpy() * (1.0 - p_classes[0, 2])
+    assert np.abs(outputs["lesion_probability"] - expected).max() <= 1e-4
+    assert np.abs(outputs["class_probabilities"] - p_classes).max() <= 1e-4
+    # the map really moved: the ungated map is ~1 everywhere
+    assert outputs["lesion_probability"].max() <= 1.0 - p_classes[0, 2] + 1e-4 < 0.999
+
+
+def test_lesion_gate_needs_a_joint_network_and_a_class_key(
+    tmp_path: Path, manifest: Manifest, phantom_tensor: np.ndarray
+) -> None:
+    from inference.manifest import ManifestError
+    from inference.model import ProbabilityModel
+
+    gated = build_manifest(grid_shape=GRID, spacing_mm=SPACING, lesion_gate="no_pneumonia")
+    with pytest.raises(ValueError, match="joint network"):
+        export_model(_network("segmentation"), tmp_path, gated, parity_tensor=phantom_tensor)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="gate_class"):
+        ProbabilityModel(_network(), gate_class="pneumonia")
+    data = gated.to_dict()
+    data["lesion_gate"] = "pneumonia"
+    with pytest.raises(ManifestError, match="lesion_gate"):
+        Manifest.from_dict(data)
+    # manifests written before the gate existed load as ungated
+    old = manifest.to_dict()
+    assert "lesion_gate" not in old
+    assert Manifest.from_dict(old).lesion_gate is None
+
+
+def test_the_manifest_loss_line_follows_the_training_settings() -> None:
+    from inference.commands import _loss_summary
+
+    assert _loss_summary("joint", {"coupling_weight": 0.1}) == (
+        "task-aware: uncertainty-weighted (Dice+BCE) and CE plus lesion/class coupling (weight 0.1)"
+    )
+    assert _loss_summary("joint", {"coupling_weight": 0.0}).endswith("no coupling term")
+    assert _loss_summary("joint", {"adaptive_weights": False, "coupling_weight": 0.2}).startswith(
+        "task-aware: fixed"
+    )
+    assert _loss_summary("segmentation", {}) == "segmentation only: Dice + BCE"
