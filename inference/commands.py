@@ -392,8 +392,17 @@ def training_summary(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "precision": _training_precision(checkpoint, config),
         "framework": f"torch {checkpoint.get('torch_version', '?')}",
         "model_config": checkpoint["model_config"],
-        "command": checkpoint.get("extra", {}).get("command", ""),
+        "command": _portable_command(checkpoint.get("extra", {}).get("command", "")),
     }
+
+
+def _portable_command(command: str) -> str:
+    """The recorded training command without the path of the ``deepsc-node`` script
+    (``/opt/venv/bin/deepsc-node train ...`` -> ``deepsc-node train ...``)."""
+    program, _, rest = command.partition(" ")
+    if program.endswith("/deepsc-node"):
+        return f"deepsc-node {rest}" if rest else "deepsc-node"
+    return command
 
 
 def _loss_summary(task: str, config: dict[str, Any]) -> str:

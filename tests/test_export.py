@@ -259,3 +259,13 @@ def test_the_manifest_loss_line_follows_the_training_settings() -> None:
         "task-aware: fixed"
     )
     assert _loss_summary("segmentation", {}) == "segmentation only: Dice + BCE"
+
+
+def test_the_manifest_command_drops_the_script_path() -> None:
+    from inference.commands import _portable_command
+
+    assert _portable_command("/opt/venv/bin/deepsc-node train --seed 1") == (
+        "deepsc-node train --seed 1"
+    )
+    assert _portable_command("deepsc-node train --seed 1") == "deepsc-node train --seed 1"
+    assert _portable_command("python -m pacs_node.cli train") == "python -m pacs_node.cli train"
