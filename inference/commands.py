@@ -331,12 +331,11 @@ def run_export(args: argparse.Namespace) -> int:
     except ExportError as exc:
         print(f"deepsc-node export: {exc}", file=sys.stderr)
         return 1
-    joint = checkpoint["model_config"]["task"] == "joint"
-    gate = joint if args.lesion_gate is None else bool(args.lesion_gate)
-    if gate and not joint:
-        print("deepsc-node export: --lesion-gate needs a joint checkpoint, not task "
-              f'"{checkpoint["model_config"]["task"]}"', file=sys.stderr)
-        return 1
+    # Default: gate what can be gated; an explicit gate on a single-task
+    # checkpoint is refused by export_model (ValueError below).
+    gate = args.lesion_gate
+    if gate is None:
+        gate = checkpoint["model_config"]["task"] == "joint"
     manifest = build_manifest(
         grid_shape=tuple(checkpoint["grid"]["shape"]),
         spacing_mm=tuple(checkpoint["grid"]["spacing_mm"]),
@@ -356,7 +355,7 @@ def run_export(args: argparse.Namespace) -> int:
             tolerance=args.tolerance,
             overwrite=args.overwrite,
         )
-    except (ExportError, FileExistsError) as exc:
+    except (ExportError, FileExistsError, ValueError) as exc:
         print(f"deepsc-node export: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(report.to_dict(), indent=1))

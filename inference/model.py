@@ -545,8 +545,8 @@ class ProbabilityModel(nn.Module):
                 )
             if network.config.task != "joint":
                 raise ValueError(
-                    'Argument "gate_class" needs a joint network, '
-                    f'not task "{network.config.task}".'
+                    "a lesion gate needs a joint network (a classifier to gate with), "
+                    f'not task "{network.config.task}"'
                 )
             self.gate_index = CLASS_KEYS.index(gate_class)
 

@@ -142,11 +142,10 @@ def test_check_onnx_file_rejects_external_data_and_old_opsets(tmp_path: Path) ->
         check_onnx_file(tmp_path / "ext.onnx")
 
 
-def test_export_command_from_a_checkpoint(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    network = _network()
-    checkpoint = {
+def _checkpoint(network: DeepSCNet) -> dict[str, object]:
+    """A training checkpoint of ``network`` as ``deepsc-node train`` writes it (the older
+    format, without the precision)."""
+    return {
         "format": "deepsc-node-checkpoint",
         "model_config": network.config.to_dict(),
         "model_state": network.state_dict(),
@@ -160,6 +159,13 @@ def test_export_command_from_a_checkpoint(
         "train_config": {"batch_size": 2, "seed": 0},
         "validation": [{"dice_mean": 0.5, "accuracy": 0.5}],
     }
+
+
+def test_export_command_from_a_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    network = _network()
+    checkpoint = _checkpoint(network)
     path = tmp_path / "last.pt"
     torch.save(checkpoint, str(path))
     rebuilt, _ = load_checkpoint_network(path)
@@ -224,6 +230,22 @@ def test_lesion_gate_multiplies_the_map_by_the_pneumonia_probability(
     assert np.abs(outputs["class_probabilities"] - p_classes).max() <= 1e-4
     # the map really moved: the ungated map is ~1 everywhere
     assert outputs["lesion_probability"].max() <= 1.0 - p_classes[0, 2] + 1e-4 < 0.999
+
+
+def test_export_command_gates_joint_checkpoints_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "seg.pt"
+    torch.save(_checkpoint(_network("segmentation")), str(path))
+    assert main(["export", "--checkpoint", str(path), "--out", str(tmp_path / "gated"),
+                 "--lesion-gate"]) == 1
+    err = capsys.readouterr().err
+    assert "joint network" in err and "Traceback" not in err
+    assert not (tmp_path / "gated" / "model.onnx").exists()
+    # without the option a single-task checkpoint exports ungated
+    assert main(["export", "--checkpoint", str(path), "--out", str(tmp_path / "plain")]) == 0
+    assert Manifest.load(tmp_path / "plain").lesion_gate is None
+    assert Manifest.load(tmp_path / "plain").training["loss"] == "segmentation only: Dice + BCE"
 
 
 def test_lesion_gate_needs_a_joint_network_and_a_class_key(
