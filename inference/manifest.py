@@ -67,7 +67,7 @@ Lesion gate (optional)
     subnet's map), or a class key: the graph multiplies the lesion map by
     ``1 - class_probabilities[key]`` (:class:`inference.model.ProbabilityModel`),
     so that a scan called ``"no_pneumonia"`` gets no lesions. The graph does
-    the gating; the node reads the key to report it.
+    the gating; the key records that it does.
 """
 from __future__ import annotations
 
