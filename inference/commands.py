@@ -1,6 +1,6 @@
-"""The ``train``, ``evaluate`` and ``export`` sub-commands of ``deepsc-node``.
+"""The ``train``, ``evaluate``, ``export`` and ``gate`` sub-commands of ``deepsc-node``.
 
-``train`` and ``export`` need the ``train`` extra (torch); ``evaluate`` runs
+``train``, ``export`` and ``gate`` need the ``train`` extra (torch, onnx); ``evaluate`` runs
 with onnxruntime alone. Heavy modules are imported inside the command
 functions so that ``deepsc-node --help`` stays fast and torch-free.
 
@@ -162,6 +162,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "checkpoints; single-task checkpoints have no classifier to gate with)",
     )
     export.set_defaults(func=run_export)
+
+    gate = subparsers.add_parser(
+        "gate",
+        help="add the lesion gate to an exported joint model directory (needs the train extra)",
+        description="Copy a joint model directory exported without the lesion gate, with "
+        "the gate written into its ONNX graph: the lesion map times 1 - P(no pneumonia), "
+        "the same product 'export --lesion-gate' writes. For models whose training "
+        "checkpoint is not at hand; the weights are not touched. Fails, writing nothing, "
+        "when the gated graph's outputs are not the source's lesion map times the factor.",
+        epilog="example: deepsc-node gate --model models/site --out models/site-gated "
+        "--model-version 1.0.1",
+    )
+    gate.add_argument("--model", type=Path, required=True, help="source model directory")
+    gate.add_argument("--out", type=Path, required=True,
+                      help="output model directory (may be the source, with --overwrite)")
+    gate.add_argument("--model-version", required=True,
+                      help="version of the gated model (must differ from the source's)")
+    gate.add_argument("--parity-seed", type=int, default=7)
+    gate.add_argument("--overwrite", action="store_true")
+    gate.set_defaults(func=run_gate)
 
 
 def _configure_logging() -> None:
@@ -357,6 +377,30 @@ def run_export(args: argparse.Namespace) -> int:
         )
     except (ExportError, FileExistsError, ValueError) as exc:
         print(f"deepsc-node export: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report.to_dict(), indent=1))
+    return 0
+
+
+def run_gate(args: argparse.Namespace) -> int:
+    """``deepsc-node gate``: model directory -> the same model with the lesion gate."""
+    _configure_logging()
+    from inference.errors import InferenceError
+    from inference.export import parity_input
+    from inference.gate import add_lesion_gate
+    from inference.manifest import Manifest
+
+    try:
+        source = Manifest.load(args.model / "manifest.json")
+        report = add_lesion_gate(
+            args.model,
+            args.out,
+            model_version=args.model_version,
+            parity_tensor=parity_input(source, seed=args.parity_seed),
+            overwrite=args.overwrite,
+        )
+    except (InferenceError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        print(f"deepsc-node gate: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(report.to_dict(), indent=1))
     return 0

@@ -405,11 +405,16 @@ def export_model(
 
 
 def _stamp_metadata(path: Path, manifest: Manifest) -> None:
-    """Write name, version and intended use into the graph's metadata."""
+    """Write name, version and intended use into the graph's metadata (replacing
+    earlier entries of the same keys, so a re-stamped graph holds one of each)."""
     import onnx
 
     model = onnx.load(str(path))
     model.doc_string = f"{manifest.model_name} {manifest.model_version}. {manifest.intended_use}"
+    keys = ("model_name", "model_version", "intended_use", "classes")
+    kept = [entry for entry in model.metadata_props if entry.key not in keys]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
     for key, value in (
         ("model_name", manifest.model_name),
         ("model_version", manifest.model_version),
