@@ -54,6 +54,8 @@ __all__ = [
     "build_manifest",
     "load_checkpoint_network",
     "export_model",
+    "onnx_outputs",
+    "stamp_metadata",
     "parity_input",
     "check_onnx_file",
 ]
@@ -279,7 +281,14 @@ def parity_input(manifest: Manifest, seed: int = 7, matrix: int = 192) -> np.nda
     return prepare_input(case.hu, case.geometry, manifest).tensor
 
 
-def _onnx_probabilities(path: Path, name: str, x: np.ndarray) -> list[np.ndarray]:
+def onnx_outputs(
+    path: Path,
+    name: str,
+    x: np.ndarray,
+    outputs: tuple[str, ...] = ("lesion_probability", "class_probabilities"),
+) -> list[np.ndarray]:
+    """Run the graph at ``path`` on ``x`` (input ``name``) with the CPU provider
+    and return ``outputs`` in order (the parity checks of export and gate)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -288,7 +297,7 @@ def _onnx_probabilities(path: Path, name: str, x: np.ndarray) -> list[np.ndarray
     session = onnxruntime.InferenceSession(
         str(path), options, providers=["CPUExecutionProvider"]
     )
-    return session.run(["lesion_probability", "class_probabilities"], {name: x})
+    return [np.asarray(a) for a in session.run(list(outputs), {name: x})]
 
 
 def export_model(
@@ -371,10 +380,10 @@ def export_model(
         if extra:
             raise ExportError(f"the exporter wrote extra files {extra}; expected one model.onnx")
         opset = check_onnx_file(onnx_path)
-        _stamp_metadata(onnx_path, manifest)
+        stamp_metadata(onnx_path, manifest)
         with torch.no_grad():
             lesion_t, class_t = wrapper(torch.from_numpy(parity_tensor))
-        lesion_o, class_o = _onnx_probabilities(onnx_path, manifest.input.name, parity_tensor)
+        lesion_o, class_o = onnx_outputs(onnx_path, manifest.input.name, parity_tensor)
         lesion_diff = float(np.max(np.abs(lesion_o - lesion_t.numpy())))
         class_diff = float(np.max(np.abs(class_o - class_t.numpy())))
         worst = max(lesion_diff, class_diff)
@@ -404,7 +413,7 @@ def export_model(
     )
 
 
-def _stamp_metadata(path: Path, manifest: Manifest) -> None:
+def stamp_metadata(path: Path, manifest: Manifest) -> None:
     """Write name, version and intended use into the graph's metadata (replacing
     earlier entries of the same keys, so a re-stamped graph holds one of each)."""
     import onnx

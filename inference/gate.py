@@ -111,7 +111,13 @@ def add_lesion_gate(
     """
     import onnx
 
-    from inference.export import ExportError, _stamp_metadata, check_onnx_file, parity_input
+    from inference.export import (
+        ExportError,
+        stamp_metadata,
+        check_onnx_file,
+        onnx_outputs,
+        parity_input,
+    )
 
     source, directory = Path(source), Path(directory)
     manifest = Manifest.load(source / "manifest.json")
@@ -145,10 +151,12 @@ def add_lesion_gate(
         onnx_path = tmp_path / "model.onnx"
         onnx.save_model(model, str(onnx_path), save_as_external_data=False)
         opset = check_onnx_file(onnx_path)
-        _stamp_metadata(onnx_path, gated)
-        names = [lesion_spec.name, class_spec.name]
-        lesion_s, class_s = _run(source / "model.onnx", manifest.input.name, names, parity_tensor)
-        lesion_g, class_g = _run(onnx_path, manifest.input.name, names, parity_tensor)
+        stamp_metadata(onnx_path, gated)
+        names = (lesion_spec.name, class_spec.name)
+        lesion_s, class_s = onnx_outputs(
+            source / "model.onnx", manifest.input.name, parity_tensor, names
+        )
+        lesion_g, class_g = onnx_outputs(onnx_path, manifest.input.name, parity_tensor, names)
         factor = 1.0 - class_s[:, manifest.class_keys.index(gate_class)]
         expected = lesion_s * factor[:, None, None, None, None].astype(np.float32)
         lesion_diff = float(np.max(np.abs(lesion_g - expected)))
@@ -231,12 +239,3 @@ def _insert_gate(model: Any, lesion: str, classes: str, index: int) -> None:
         helper.make_node("Mul", [ungated, prefix + "keep5"], [lesion], name=prefix + "Mul"),
     ])
 
-
-def _run(path: Path, input_name: str, names: list[str], x: np.ndarray) -> list[np.ndarray]:
-    """Both outputs of the graph at ``path`` on ``x`` (CPU provider)."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return [np.asarray(a) for a in session.run(names, {input_name: x})]
