@@ -86,8 +86,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--coupling-ramp", type=float, nargs=2, metavar=("START", "FULL"),
                        default=list(TRAIN_DEFAULTS["coupling_ramp"]),
                        help="fractions of the steps between which the coupling weight ramps up")
-    train.add_argument("--fixed-weights", action="store_true",
-                       help="fixed task weights instead of learned uncertainty weights")
+    weighting = train.add_mutually_exclusive_group()
+    weighting.add_argument("--fixed-weights", action="store_true",
+                           help="fixed task weights (1/2 each) instead of learned uncertainty "
+                                "weights")
+    weighting.add_argument("--task-weights", type=float, nargs=2, metavar=("SEG", "CLS"),
+                           help="fixed weights of the segmentation and classification losses "
+                                "(joint task) instead of learned uncertainty weights")
     train.add_argument("--classifier-grad-scale", type=float, default=1.0, metavar="F",
                        help="factor in [0, 1] on the classification gradient into the shared "
                             "encoder (joint task; default 1 = full sharing)")
@@ -257,6 +262,29 @@ def run_train(args: argparse.Namespace) -> int:
     from inference.export import DEFAULT_GRID_SHAPE, DEFAULT_SPACING_MM, build_manifest
     from inference.train import TrainConfig, train
 
+    try:
+        model_config = architecture(args)
+        config = TrainConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            warmup_steps=args.warmup_steps,
+            seed=args.seed,
+            threads=args.threads,
+            device=args.device,
+            checkpoint_every=args.checkpoint_every,
+            eval_every=args.eval_every,
+            val_cases=args.val_cases,
+            coupling_weight=args.coupling_weight,
+            coupling_ramp=tuple(args.coupling_ramp),
+            adaptive_weights=not args.fixed_weights and args.task_weights is None,
+            task_weights=None if args.task_weights is None else tuple(args.task_weights),
+            augment=not args.no_augment,
+            precision=args.precision,
+        )
+    except ValueError as exc:
+        print(f"deepsc-node train: {exc}", file=sys.stderr)
+        return 2
     grid = tuple(args.grid) if args.grid else DEFAULT_GRID_SHAPE
     spacing = tuple(args.spacing) if args.spacing else DEFAULT_SPACING_MM
     manifest = build_manifest(grid_shape=grid, spacing_mm=spacing)
@@ -294,28 +322,6 @@ def run_train(args: argparse.Namespace) -> int:
     LOGGER.info("cache %s ready in %.0f s", cache_dir, time.perf_counter() - start)
     if args.cache_only:
         return 0
-    try:
-        model_config = architecture(args)
-    except ValueError as exc:
-        print(f"deepsc-node train: {exc}", file=sys.stderr)
-        return 2
-    config = TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=args.warmup_steps,
-        seed=args.seed,
-        threads=args.threads,
-        device=args.device,
-        checkpoint_every=args.checkpoint_every,
-        eval_every=args.eval_every,
-        val_cases=args.val_cases,
-        coupling_weight=args.coupling_weight,
-        coupling_ramp=tuple(args.coupling_ramp),
-        adaptive_weights=not args.fixed_weights,
-        augment=not args.no_augment,
-        precision=args.precision,
-    )
     result = train(
         cache_dir,
         args.out,
@@ -454,7 +460,13 @@ def _loss_summary(task: str, config: dict[str, Any]) -> str:
         return "segmentation only: Dice + BCE"
     if task == "classification":
         return "classification only: cross-entropy"
-    weights = "fixed" if config.get("adaptive_weights") is False else "uncertainty-weighted"
+    fixed = config.get("task_weights")
+    if fixed is not None:
+        weights = f"fixed weights {fixed[0]:g} and {fixed[1]:g} on"
+    elif config.get("adaptive_weights") is False:
+        weights = "fixed"
+    else:
+        weights = "uncertainty-weighted"
     coupling = config.get("coupling_weight")
     text = f"task-aware: {weights} (Dice+BCE) and CE"
     if coupling == 0:

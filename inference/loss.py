@@ -37,7 +37,10 @@ CVPR 2018) with learned ``u_t = log sigma_t^2``::
     L = 1/2 * (exp(-u_seg) * L_seg + u_seg) + 1/2 * (exp(-u_cls) * L_cls + u_cls)
         + lambda * L_cpl
 
-``u_t`` start at 0 and are clamped to [-4, 4]; ``lambda`` is
+``u_t`` start at 0 and are clamped to [-4, 4]. With fixed task weights
+(``task_weights=(w_seg, w_cls)``, ``deepsc-node train --task-weights``) the
+first two terms are ``w_seg * L_seg + w_cls * L_cls`` instead, and nothing
+is learned; ``adaptive=False`` alone is ``w_seg = w_cls = 1/2``. ``lambda`` is
 ``coupling_weight`` (0.2 by default) times a schedule factor that the
 training ramps from 0 to 1 (:func:`inference.train.coupling_scale`).
 Together with the lesion-attention
@@ -148,6 +151,8 @@ class TaskAwareLoss(nn.Module):
         ``u_seg = u_cls = 0``.
     label_smoothing: float, optional
         Label smoothing of the cross-entropy.
+    task_weights: tuple[float, float] or None, optional
+        Fixed ``(w_seg, w_cls)`` of the joint task; implies ``adaptive=False``.
 
     Raises
     ------
@@ -162,6 +167,7 @@ class TaskAwareLoss(nn.Module):
         top_k: int = 64,
         adaptive: bool = True,
         label_smoothing: float = 0.05,
+        task_weights: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -170,6 +176,15 @@ class TaskAwareLoss(nn.Module):
             raise ValueError('Argument "coupling_weight" should be >= 0.')
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError('Argument "label_smoothing" should be in [0, 1).')
+        if task_weights is not None:
+            if len(task_weights) != 2 or min(task_weights) < 0 or max(task_weights) <= 0:
+                raise ValueError(
+                    'Argument "task_weights" should be two weights >= 0, not both 0.'
+                )
+            adaptive = False
+        self.fixed_weights = (
+            (0.5, 0.5) if task_weights is None else (float(task_weights[0]), float(task_weights[1]))
+        )
         self.task = task
         self.coupling_weight = float(coupling_weight)
         self.top_k = int(top_k)
@@ -256,16 +271,21 @@ class TaskAwareLoss(nn.Module):
         u = self.log_variance.clamp(-LOG_VARIANCE_LIMIT, LOG_VARIANCE_LIMIT)
         if self.task == "joint":
             coupling = self.coupling_term(lesion_logits, class_logits, labels)
-            total = (
-                0.5 * (torch.exp(-u[0]) * seg + u[0])
-                + 0.5 * (torch.exp(-u[1]) * cls + u[1])
-                + self.coupling_weight * float(coupling_scale) * coupling
-            )
+            if self.adaptive:
+                tasks = 0.5 * (torch.exp(-u[0]) * seg + u[0]) + 0.5 * (torch.exp(-u[1]) * cls + u[1])
+            else:
+                tasks = self.fixed_weights[0] * seg + self.fixed_weights[1] * cls
+            total = tasks + self.coupling_weight * float(coupling_scale) * coupling
         elif self.task == "segmentation":
             total = seg
         else:
             total = cls
-        weights = torch.exp(-u.detach()) * 0.5 if self.task == "joint" else torch.ones(2)
+        if self.task != "joint":
+            weights = torch.ones(2)
+        elif self.adaptive:
+            weights = torch.exp(-u.detach()) * 0.5
+        else:
+            weights = torch.tensor(self.fixed_weights)
         return LossTerms(
             total=total,
             seg=float(seg.detach()),

@@ -103,7 +103,10 @@ class TrainConfig:
         hardest voxels, which stalls the segmentation if it acts before the
         lesion subnet has found the lesions.
     adaptive_weights: bool
-        Learned task weights (Kendall et al.).
+        Learned task weights (Kendall et al.); ``False`` fixes both at 1/2.
+    task_weights: tuple[float, float] or None
+        Fixed ``(w_seg, w_cls)`` of the joint loss instead of the learned
+        weights (overrides ``adaptive_weights``).
     augment: bool
         Apply the augmentation.
     max_shift: tuple[int, int, int]
@@ -140,6 +143,7 @@ class TrainConfig:
     coupling_weight: float = 0.2
     coupling_ramp: tuple[float, float] = (0.2, 0.5)
     adaptive_weights: bool = True
+    task_weights: tuple[float, float] | None = None
     augment: bool = True
     max_shift: tuple[int, int, int] = (3, 8, 8)
     grad_clip: float = 5.0
@@ -165,6 +169,11 @@ class TrainConfig:
         if not 0.0 <= start <= full <= 1.0:
             raise ValueError('Argument "coupling_ramp" should be 0 <= start <= full <= 1.')
         object.__setattr__(self, "coupling_ramp", (start, full))
+        if self.task_weights is not None:
+            weights = tuple(float(w) for w in self.task_weights)
+            if len(weights) != 2 or min(weights) < 0 or max(weights) <= 0:
+                raise ValueError('Argument "task_weights" should be two weights >= 0, not both 0.')
+            object.__setattr__(self, "task_weights", weights)
         if len(self.max_shift) != 3 or min(self.max_shift) < 0:
             raise ValueError('Argument "max_shift" should be three integers >= 0.')
         object.__setattr__(self, "max_shift", tuple(int(s) for s in self.max_shift))
@@ -488,6 +497,7 @@ def train(
         coupling_weight=config.coupling_weight,
         top_k=model_config.top_k,
         adaptive=config.adaptive_weights,
+        task_weights=config.task_weights,
     ).to(device)
     optimizer = torch.optim.AdamW(
         [

@@ -280,6 +280,11 @@ def test_the_manifest_loss_line_follows_the_training_settings() -> None:
     assert _loss_summary("joint", {"adaptive_weights": False, "coupling_weight": 0.2}).startswith(
         "task-aware: fixed"
     )
+    assert _loss_summary("joint", {"adaptive_weights": False, "task_weights": [1.0, 0.1],
+                                   "coupling_weight": 0.1}) == (
+        "task-aware: fixed weights 1 and 0.1 on (Dice+BCE) and CE plus lesion/class coupling "
+        "(weight 0.1)"
+    )
     assert _loss_summary("segmentation", {}) == "segmentation only: Dice + BCE"
 
 

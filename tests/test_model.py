@@ -194,6 +194,33 @@ def test_adaptive_task_weights_are_learned_only_for_the_joint_task() -> None:
     assert float(terms.total.detach()) == pytest.approx(terms.cls, rel=1e-5)
 
 
+def test_fixed_task_weights_weigh_the_two_losses_and_learn_nothing() -> None:
+    """``task_weights`` replaces the learned weights; ``adaptive=False`` alone
+    is still 1/2 and 1/2; the coupling term is added on top in both."""
+    torch.manual_seed(3)
+    lesion = torch.randn(2, 1, *GRID, requires_grad=True)
+    classes = torch.randn(2, 3, requires_grad=True)
+    target = (torch.rand(2, 1, *GRID) > 0.8).float()
+    labels = torch.tensor([0, 2])
+    fixed = TaskAwareLoss("joint", coupling_weight=0.3, task_weights=(1.0, 0.1))
+    terms = fixed(lesion, classes, target, labels)
+    assert not fixed.log_variance.requires_grad
+    assert (terms.weight_seg, terms.weight_cls) == pytest.approx((1.0, 0.1))
+    assert float(terms.total.detach()) == pytest.approx(
+        terms.seg + 0.1 * terms.cls + 0.3 * terms.coupling, rel=1e-5
+    )
+    assert terms.cls > 0.1 and terms.coupling > 0.01  # so the weights are visible in the total
+    half = TaskAwareLoss("joint", coupling_weight=0.3, adaptive=False)(lesion, classes, target,
+                                                                      labels)
+    assert float(half.total.detach()) == pytest.approx(
+        0.5 * half.seg + 0.5 * half.cls + 0.3 * half.coupling, rel=1e-5
+    )
+    assert (half.weight_seg, half.weight_cls) == pytest.approx((0.5, 0.5))
+    for bad in ((0.0, 0.0), (1.0, -0.1), (1.0,)):
+        with pytest.raises(ValueError, match="task_weights"):
+            TaskAwareLoss("joint", task_weights=bad)  # type: ignore[arg-type]
+
+
 def test_loss_rejects_mismatched_shapes() -> None:
     loss = TaskAwareLoss()
     with pytest.raises(ValueError, match="lesion_target"):

@@ -155,6 +155,26 @@ def test_train_config_validation() -> None:
         TrainConfig(precision="fp8")
     with pytest.raises(ValueError, match="coupling_ramp"):
         TrainConfig(coupling_ramp=(0.6, 0.2))
+    with pytest.raises(ValueError, match="task_weights"):
+        TrainConfig(task_weights=(0.0, 0.0))
+    assert TrainConfig(task_weights=(1, 0.1)).task_weights == (1.0, 0.1)
+
+
+def test_train_command_task_weights_are_checked_before_the_cache_is_built(
+    tmp_path: Path,
+) -> None:
+    """A bad ``--task-weights`` is exit 2 with the reason, and nothing is cached;
+    it cannot be combined with ``--fixed-weights``."""
+    base = [sys.executable, "-m", "pacs_node.cli", "train", "--phantoms", "2",
+            "--out", str(tmp_path / "run"), "--no-progress"]
+    negative = subprocess.run(base + ["--task-weights", "1", "-1"], capture_output=True,
+                              text=True, timeout=120)
+    assert negative.returncode == 2
+    assert "task_weights" in negative.stderr and "Traceback" not in negative.stderr
+    assert not (tmp_path / "run").exists()
+    both = subprocess.run(base + ["--task-weights", "1", "0.1", "--fixed-weights"],
+                          capture_output=True, text=True, timeout=120)
+    assert both.returncode == 2 and "not allowed with" in both.stderr
 
 
 def test_precision_and_coupling_schedule() -> None:
