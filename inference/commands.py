@@ -392,18 +392,15 @@ def run_gate(args: argparse.Namespace) -> int:
     """``deepsc-node gate``: model directory -> the same model with the lesion gate."""
     _configure_logging()
     from inference.errors import InferenceError
-    from inference.export import parity_input
     from inference.gate import add_lesion_gate
-    from inference.manifest import Manifest
 
     try:
-        source = Manifest.load(args.model / "manifest.json")
         report = add_lesion_gate(
             args.model,
             args.out,
             model_version=args.model_version,
-            parity_tensor=parity_input(source, seed=args.parity_seed),
             overwrite=args.overwrite,
+            parity_seed=args.parity_seed,
         )
     except (InferenceError, FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"deepsc-node gate: {exc}", file=sys.stderr)

@@ -72,6 +72,7 @@ def add_lesion_gate(
     parity_tensor: np.ndarray | None = None,
     tolerance: float = GATE_TOLERANCE,
     overwrite: bool = False,
+    parity_seed: int = 7,
 ) -> GateReport:
     """Write a copy of the model directory ``source`` with the lesion gate.
 
@@ -88,11 +89,13 @@ def add_lesion_gate(
         Class key whose probability empties the lesion map.
     parity_tensor: numpy.ndarray | None, optional
         Model input for the parity check; ``None`` generates a phantom scan
-        (:func:`inference.export.parity_input`).
+        (:func:`inference.export.parity_input` with ``parity_seed``).
     tolerance: float, optional
         Largest allowed absolute difference of the parity check.
     overwrite: bool, optional
         Replace an existing ``model.onnx`` / ``manifest.json`` in ``directory``.
+    parity_seed: int, optional
+        Seed of the parity phantom when ``parity_tensor`` is ``None``.
 
     Returns
     -------
@@ -143,7 +146,7 @@ def add_lesion_gate(
         },
     )
     if parity_tensor is None:
-        parity_tensor = parity_input(manifest)
+        parity_tensor = parity_input(manifest, seed=parity_seed)
     parity_tensor = np.ascontiguousarray(parity_tensor, dtype=np.float32)
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix=".gate-") as tmp:
