@@ -102,8 +102,10 @@ def worker(runtime: str, model_dir: Path, checkpoint: Path | None, threads: int,
     }
 
 
-def profile_ops(model_dir: Path, threads: int, repeat: int) -> list[tuple[str, float]]:
-    """ONNX Runtime kernel time per operator type (ms per call), largest first."""
+def profile_ops(model_dir: Path, threads: int, repeat: int,
+                by_node: bool = False) -> list[tuple[str, float]]:
+    """ONNX Runtime kernel time per operator type, or per node with ``by_node``
+    (ms per call), largest first."""
     import collections
     import tempfile
 
@@ -125,7 +127,8 @@ def profile_ops(model_dir: Path, threads: int, repeat: int) -> list[tuple[str, f
     per_op: collections.Counter[str] = collections.Counter()
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            per_op[event["args"]["op_name"]] += event["dur"] / 1e3 / repeat
+            key = event["name"][: -len("_kernel_time")] if by_node else event["args"]["op_name"]
+            per_op[key] += event["dur"] / 1e3 / repeat
     return [(op, float(ms)) for op, ms in per_op.most_common()]
 
 
@@ -170,7 +173,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--profile", action="store_true",
-                        help="also print ONNX Runtime's kernel time per operator type")
+                        help="also print ONNX Runtime's kernel time per operator type and "
+                        "its largest nodes")
     parser.add_argument("--worker", choices=("onnxruntime", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -221,6 +225,11 @@ def compare(args: argparse.Namespace) -> int:
         print(f"onnxruntime kernel time by operator ({total:.1f} ms per call):")
         for op, ms in ops[:8]:
             print(f"  {op:<20}{ms:>8.1f} ms  {100 * ms / total:5.1f} %")
+        nodes = profile_ops(args.model, args.threads, args.repeat, by_node=True)
+        total = sum(ms for _, ms in nodes)
+        print(f"onnxruntime kernel time by node, largest 8 ({total:.1f} ms per call):")
+        for node, ms in nodes[:8]:
+            print(f"  {node[-56:]:<56}{ms:>8.1f} ms  {100 * ms / total:5.1f} %")
     return 0
 
 

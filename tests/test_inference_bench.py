@@ -51,3 +51,13 @@ def test_kernels_option_exports_the_bundled_levels_with_factorised_blocks(
     assert kernels.count((3, 3, 3)) == 1  # the stem
     assert (1, 3, 3) not in conv_kernels(BUNDLED_MODEL_DIR)  # the bundled graph is 3x3x3
     assert manifest["input"] == bundled["input"] and manifest["outputs"] == bundled["outputs"]
+
+
+def test_profile_names_the_nodes_as_well_as_the_operator_types() -> None:
+    bench = load_bench()
+    nodes = dict(bench.profile_ops(BUNDLED_MODEL_DIR, 1, 1, by_node=True))
+    types = dict(bench.profile_ops(BUNDLED_MODEL_DIR, 1, 1))
+    assert "/network/decoder/fuse.3/fuse.3.0/Conv" in nodes
+    assert "FusedConv" in types and "/network/decoder/fuse.3/fuse.3.0/Conv" not in types
+    assert all(ms >= 0 for ms in nodes.values()) and sum(nodes.values()) > 0
+    assert len(nodes) > len(types)
