@@ -53,6 +53,39 @@ def _input(model_dir: Path) -> Any:
     return parity_input(Manifest.load(model_dir), seed=7, matrix=192)
 
 
+def check_same_network(checkpoint_config: dict[str, Any],
+                       manifest_config: dict[str, Any] | None, checkpoint: Path,
+                       model_dir: Path) -> None:
+    """Refuse to time a checkpoint against another network's ONNX graph.
+
+    ONNX Runtime runs ``model_dir``'s graph, torch the checkpoint's network;
+    the ratio means something only when they are the same architecture
+    (``classifier_grad_scale`` acts in training only and is ignored).
+
+    Raises
+    ------
+    SystemExit
+        With a message that says what to pass instead.
+    """
+    import dataclasses
+
+    from inference.model import ModelConfig
+
+    if manifest_config is None:
+        return
+    mine, theirs = (
+        dataclasses.replace(ModelConfig.from_dict(c), classifier_grad_scale=1.0)
+        for c in (checkpoint_config, manifest_config)
+    )
+    if mine != theirs:
+        raise SystemExit(
+            f"{checkpoint} is not the network of {model_dir} (channels {list(mine.channels)} "
+            f"against {list(theirs.channels)}, factorised {mine.factorised} against "
+            f"{theirs.factorised}): export the checkpoint with 'deepsc-node export' and pass "
+            "that directory as --model"
+        )
+
+
 def worker(runtime: str, model_dir: Path, checkpoint: Path | None, threads: int,
            repeat: int) -> dict[str, object]:
     """Time one runtime in this process; returns latencies and peak RSS."""
@@ -194,6 +227,14 @@ def main() -> int:
 
 def compare(args: argparse.Namespace) -> int:
     """Time both runtimes on ``args.model`` in child processes and print the table."""
+    if args.checkpoint:
+        from inference.export import load_checkpoint_network
+        from inference.manifest import Manifest
+
+        _, data = load_checkpoint_network(args.checkpoint)
+        check_same_network(data["model_config"],
+                           Manifest.load(args.model).training.get("model_config"),
+                           args.checkpoint, args.model)
     results = {}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     for runtime in ("onnxruntime", "torch"):

@@ -61,3 +61,22 @@ def test_profile_names_the_nodes_as_well_as_the_operator_types() -> None:
     assert "FusedConv" in types and "/network/decoder/fuse.3/fuse.3.0/Conv" not in types
     assert all(ms >= 0 for ms in nodes.values()) and sum(nodes.values()) > 0
     assert len(nodes) > len(types)
+
+
+def test_a_checkpoint_of_another_network_is_refused(tmp_path: Path) -> None:
+    """torch would time the checkpoint and ONNX Runtime the model directory's graph."""
+    from inference.model import ModelConfig
+
+    bench = load_bench()
+    bundled = ModelConfig(task="joint", classifier_grad_scale=0.1).to_dict()
+    # the same network: classifier_grad_scale acts in training only
+    bench.check_same_network(ModelConfig(task="joint").to_dict(), bundled, tmp_path / "c.pt",
+                             BUNDLED_MODEL_DIR)
+    bench.check_same_network(ModelConfig(task="joint").to_dict(), None, tmp_path / "c.pt",
+                             BUNDLED_MODEL_DIR)
+    thinner = ModelConfig(task="joint", channels=(8, 8, 24, 96, 192)).to_dict()
+    with pytest.raises(SystemExit, match="export the checkpoint"):
+        bench.check_same_network(thinner, bundled, tmp_path / "c.pt", BUNDLED_MODEL_DIR)
+    factorised = ModelConfig(task="joint", factorised=True).to_dict()
+    with pytest.raises(SystemExit, match="factorised True against False"):
+        bench.check_same_network(factorised, bundled, tmp_path / "c.pt", BUNDLED_MODEL_DIR)
