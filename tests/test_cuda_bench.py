@@ -8,7 +8,6 @@ agree exactly, and each ratio must be the quotient of the two sides' figures.
 """
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import onnxruntime as ort
 import pytest
 
 from inference.bundled_model import BUNDLED_MODEL_DIR
+from tests.bench_scripts import load_bench_script
 from tests.e2e_fixtures import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "bench" / "cuda.py"
@@ -26,12 +26,7 @@ HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_cuda", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_cuda"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("cuda")
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """``bench/depth_stacked.py``: the 2D rewrite it times computes what the 3D graph does."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,17 +13,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from inference.bundled_model import BUNDLED_MODEL_DIR
+from tests.bench_scripts import load_bench_script
 from tests.e2e_fixtures import REPO_ROOT
 
 
 def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_depth_stacked",
-                                                  REPO_ROOT / "bench" / "depth_stacked.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_depth_stacked"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("depth_stacked")
 
 
 def tiny_model() -> onnx.ModelProto:

@@ -1,9 +1,7 @@
-"""``bench/inference.py --kernels``: the architecture it times is the one it says."""
+"""``bench/inference.py``: it times the network it says (``--kernels``, ``--checkpoint``)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -11,19 +9,13 @@ import onnx
 import pytest
 
 from inference.bundled_model import BUNDLED_MODEL_DIR
-from tests.e2e_fixtures import REPO_ROOT
+from tests.bench_scripts import load_bench_script
 
 pytestmark = pytest.mark.torch
 
 
 def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_inference",
-                                                  REPO_ROOT / "bench" / "inference.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_inference"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("inference")
 
 
 def conv_kernels(model_dir: Path) -> list[tuple[int, ...]]:

@@ -8,25 +8,18 @@ every instance arrived, and that the breakdown measures the product's steps.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from tests.e2e_fixtures import REPO_ROOT, NodeProcess
+from tests.bench_scripts import load_bench_script
+from tests.e2e_fixtures import NodeProcess
 
 
 def load_bench() -> ModuleType:
     """``bench/receive.py`` as a module (``bench`` is not a package)."""
-    path = REPO_ROOT / "bench" / "receive.py"
-    spec = importlib.util.spec_from_file_location("bench_receive", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("receive")
 
 
 @pytest.fixture(scope="module")
