@@ -56,6 +56,7 @@ This module imports torch; the node never imports it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -66,7 +67,9 @@ from inference.model import CLASS_KEYS, TASKS, presence_score
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["LossTerms", "TaskAwareLoss", "soft_dice_loss", "NO_PNEUMONIA_INDEX"]
+__all__ = [
+    "LossTerms", "TaskAwareLoss", "checked_task_weights", "soft_dice_loss", "NO_PNEUMONIA_INDEX"
+]
 
 #: Index of the ``no_pneumonia`` class in the logits.
 NO_PNEUMONIA_INDEX = CLASS_KEYS.index("no_pneumonia")
@@ -135,6 +138,20 @@ def soft_dice_loss(
     return 1.0 - (2.0 * intersection + smooth) / (probability.sum() + target.sum() + smooth)
 
 
+def checked_task_weights(weights: Sequence[float]) -> tuple[float, float]:
+    """``(w_seg, w_cls)`` as floats.
+
+    Raises
+    ------
+    ValueError
+        Unless there are two weights, both >= 0 and not both 0.
+    """
+    values = tuple(float(w) for w in weights)
+    if len(values) != 2 or min(values) < 0 or max(values) <= 0:
+        raise ValueError('Argument "task_weights" should be two weights >= 0, not both 0.')
+    return values[0], values[1]
+
+
 class TaskAwareLoss(nn.Module):
     """The joint loss (see the module docstring for the exact formula).
 
@@ -177,14 +194,8 @@ class TaskAwareLoss(nn.Module):
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError('Argument "label_smoothing" should be in [0, 1).')
         if task_weights is not None:
-            if len(task_weights) != 2 or min(task_weights) < 0 or max(task_weights) <= 0:
-                raise ValueError(
-                    'Argument "task_weights" should be two weights >= 0, not both 0.'
-                )
             adaptive = False
-        self.fixed_weights = (
-            (0.5, 0.5) if task_weights is None else (float(task_weights[0]), float(task_weights[1]))
-        )
+        self.fixed_weights = (0.5, 0.5) if task_weights is None else checked_task_weights(task_weights)
         self.task = task
         self.coupling_weight = float(coupling_weight)
         self.top_k = int(top_k)

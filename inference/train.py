@@ -41,7 +41,7 @@ import torch
 
 from inference.dataset import CLASS_KEYS, CacheArrays, load_cache
 from inference.evaluate import dice_score, plot_training_curve
-from inference.loss import TaskAwareLoss
+from inference.loss import TaskAwareLoss, checked_task_weights
 from inference.model import DeepSCNet, ModelConfig, build_model
 
 LOGGER = logging.getLogger(__name__)
@@ -170,10 +170,7 @@ class TrainConfig:
             raise ValueError('Argument "coupling_ramp" should be 0 <= start <= full <= 1.')
         object.__setattr__(self, "coupling_ramp", (start, full))
         if self.task_weights is not None:
-            weights = tuple(float(w) for w in self.task_weights)
-            if len(weights) != 2 or min(weights) < 0 or max(weights) <= 0:
-                raise ValueError('Argument "task_weights" should be two weights >= 0, not both 0.')
-            object.__setattr__(self, "task_weights", weights)
+            object.__setattr__(self, "task_weights", checked_task_weights(self.task_weights))
         if len(self.max_shift) != 3 or min(self.max_shift) < 0:
             raise ValueError('Argument "max_shift" should be three integers >= 0.')
         object.__setattr__(self, "max_shift", tuple(int(s) for s in self.max_shift))
