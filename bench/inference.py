@@ -135,10 +135,10 @@ def worker(runtime: str, model_dir: Path, checkpoint: Path | None, threads: int,
     }
 
 
-def profile_ops(model_dir: Path, threads: int, repeat: int,
-                by_node: bool = False) -> list[tuple[str, float]]:
-    """ONNX Runtime kernel time per operator type, or per node with ``by_node``
-    (ms per call), largest first."""
+def profile_ops(model_dir: Path, threads: int,
+                repeat: int) -> dict[str, list[tuple[str, float]]]:
+    """ONNX Runtime kernel time (ms per call), largest first, from one profiled
+    session: per operator type (``"op"``) and per node (``"node"``)."""
     import collections
     import tempfile
 
@@ -158,11 +158,14 @@ def profile_ops(model_dir: Path, threads: int, repeat: int,
             session.run(None, {name: x})
         events = json.loads(Path(session.end_profiling()).read_text())
     per_op: collections.Counter[str] = collections.Counter()
+    per_node: collections.Counter[str] = collections.Counter()
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            key = event["name"][: -len("_kernel_time")] if by_node else event["args"]["op_name"]
-            per_op[key] += event["dur"] / 1e3 / repeat
-    return [(op, float(ms)) for op, ms in per_op.most_common()]
+            ms = event["dur"] / 1e3 / repeat
+            per_op[event["args"]["op_name"]] += ms
+            per_node[event["name"][: -len("_kernel_time")]] += ms
+    return {key: [(name, float(ms)) for name, ms in counts.most_common()]
+            for key, counts in (("op", per_op), ("node", per_node))}
 
 
 def seeded_model_dir(model_dir: Path, kernels: str, out: Path) -> Path:
@@ -261,12 +264,12 @@ def compare(args: argparse.Namespace) -> int:
               f"{item['peak_rss_mib']:>14.0f}")
     print(f"ratio onnxruntime / torch (median latency): {ratio:.2f}  (target <= 0.60)")
     if args.profile:
-        ops = profile_ops(args.model, args.threads, args.repeat)
+        profile = profile_ops(args.model, args.threads, args.repeat)
+        ops, nodes = profile["op"], profile["node"]
         total = sum(ms for _, ms in ops)
         print(f"onnxruntime kernel time by operator ({total:.1f} ms per call):")
         for op, ms in ops[:8]:
             print(f"  {op:<20}{ms:>8.1f} ms  {100 * ms / total:5.1f} %")
-        nodes = profile_ops(args.model, args.threads, args.repeat, by_node=True)
         total = sum(ms for _, ms in nodes)
         print(f"onnxruntime kernel time by node, largest 8 ({total:.1f} ms per call):")
         for node, ms in nodes[:8]:

@@ -47,12 +47,13 @@ def test_kernels_option_exports_the_bundled_levels_with_factorised_blocks(
 
 def test_profile_names_the_nodes_as_well_as_the_operator_types() -> None:
     bench = load_bench()
-    nodes = dict(bench.profile_ops(BUNDLED_MODEL_DIR, 1, 1, by_node=True))
-    types = dict(bench.profile_ops(BUNDLED_MODEL_DIR, 1, 1))
+    profile = bench.profile_ops(BUNDLED_MODEL_DIR, 1, 1)
+    nodes, types = dict(profile["node"]), dict(profile["op"])
     assert "/network/decoder/fuse.3/fuse.3.0/Conv" in nodes
     assert "FusedConv" in types and "/network/decoder/fuse.3/fuse.3.0/Conv" not in types
     assert all(ms >= 0 for ms in nodes.values()) and sum(nodes.values()) > 0
     assert len(nodes) > len(types)
+    assert sum(nodes.values()) == pytest.approx(sum(types.values()))  # one profile, two views
 
 
 def test_a_checkpoint_of_another_network_is_refused(tmp_path: Path) -> None:
