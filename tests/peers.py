@@ -38,9 +38,47 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: DCMTK tools that pynetdicom (>= 2) also installs, as Python console scripts of
+#: the same name, into the environment's ``bin``: with that directory first on PATH
+#: (an activated virtual environment) ``storescu`` would be pynetdicom, not the
+#: independent DCMTK peer the tests mean.
+SHADOWED_DCMTK_TOOLS = frozenset(
+    {"storescu", "storescp", "echoscu", "echoscp", "findscu", "getscu", "movescu"}
+)
+
+
+def _is_script(path: Path) -> bool:
+    """Whether `path` is an interpreted script (``#!`` first), not a compiled program."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(2) == b"#!"
+    except OSError:
+        return False
+
+
+def _dcmtk_binary(name: str, directories: Iterable[str]) -> str | None:
+    """The first compiled `name` in `directories` (Python console scripts skipped)."""
+    for directory in directories:
+        candidate = Path(directory) / name
+        if os.access(candidate, os.X_OK) and candidate.is_file() and not _is_script(candidate):
+            return str(candidate)
+    return None
+
+
 def require_binary(name: str) -> str:
     """Path of a peer binary on PATH, in /usr/sbin or beside the running Python (a
-    venv's bin: dcmqi's tools); fails the test (never skips) when it is missing."""
+    venv's bin: dcmqi's tools); fails the test (never skips) when it is missing.
+
+    A DCMTK tool that pynetdicom shadows (:data:`SHADOWED_DCMTK_TOOLS`) is the first
+    compiled one on PATH or in /usr/bin; pynetdicom's script of that name is never used.
+    """
+    if name in SHADOWED_DCMTK_TOOLS:
+        path_dirs = os.environ.get("PATH", os.defpath).split(os.pathsep)
+        found = _dcmtk_binary(name, [*path_dirs, "/usr/bin", "/usr/sbin"])
+        if found is None:
+            pytest.fail(f"DCMTK's {name!r} not found (a pynetdicom script of that name does "
+                        "not count): install dcmtk (see .ci/run)")
+        return found
     candidates = (Path(f"/usr/sbin/{name}"), Path(sys.executable).parent / name)
     path = shutil.which(name) or next((str(c) for c in candidates if c.exists()), None)
     if path is None:
@@ -284,10 +322,13 @@ class Orthanc:
 
 
 def run_dcmtk(args: Sequence[str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    """Run a DCMTK tool (storescu, echoscu, dcmdump, dsrdump) with TCP_NODELAY=1."""
-    require_binary(args[0])
+    """Run a DCMTK tool (storescu, echoscu, dcmdump, dsrdump) with TCP_NODELAY=1.
+
+    ``args[0]`` is the tool's name; it runs the binary :func:`require_binary` finds.
+    """
     return subprocess.run(
-        list(args), capture_output=True, text=True, timeout=timeout, env=PEER_ENV, check=False
+        [require_binary(args[0]), *args[1:]], capture_output=True, text=True,
+        timeout=timeout, env=PEER_ENV, check=False,
     )
 
 

@@ -57,7 +57,7 @@ from storage.jobs import RECOVERED_REASON
 from tests.dicom_proxy import DicomProxy
 from tests.e2e_fixtures import NodeProcess
 from tests.node_fixtures import assert_result_kinds, wait_until, write_chest_series
-from tests.peers import PEER_ENV, Orthanc, run_dcmtk
+from tests.peers import PEER_ENV, Orthanc, require_binary, run_dcmtk
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -453,7 +453,7 @@ def test_repeated_sigkill_at_random_moments_still_gives_one_result(
         node.start()
         # As a PACS does after a failed or interrupted transfer: send it all again.
         sender = subprocess.Popen(
-            ["storescu", "-aet", "STORESCU", "-aec", node.ae_title, "127.0.0.1",
+            [require_binary("storescu"), "-aet", "STORESCU", "-aec", node.ae_title, "127.0.0.1",
              str(node.port), *map(str, files)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=PEER_ENV,
         )
