@@ -25,6 +25,13 @@ times, in this process and alternating with the unchanged graph (median of
 ``--repeat`` calls after two warm-ups, ``--threads`` intra-op threads):
 the whole graph with every ``3x3x3`` convolution rewritten, and each
 convolution rewritten alone. Positive gains mean the rewrite is faster.
+
+The question was asked of the ``3x3x3`` bundled model 1.1.1. The bundled
+model 1.2.0 has (2+1)D blocks, whose only ``3x3x3`` convolution is the stem;
+to time its levels with ``3x3x3`` blocks, give ``--model`` a directory written
+by ``bench/inference.py``'s :func:`seeded_model_dir` with ``kernels="full"``
+(as ``tests/test_depth_stacked_bench.py`` does), or 1.1.1 from git history
+(``git show f0495d6:inference/bundled_model/model.onnx``, with its manifest).
 """
 from __future__ import annotations
 
